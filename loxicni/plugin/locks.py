@@ -1,0 +1,55 @@
+"""Per-attachment locks: concurrent calls for one (network, container, ifname) run in turn.
+
+Lock order: this lock first, then the IPAM store's. The lock file is removed by the call that
+leaves the attachment gone (DEL, a failed ADD); a waiter that then wins the flock on the
+unlinked file notices and retries on a fresh one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def run_dir() -> Path:
+    return Path(os.environ.get("LOXI_CNI_RUN_DIR", "/run/loxi-cni"))
+
+
+@dataclass
+class HeldLock:
+    remove_on_release: bool = False
+
+
+@contextmanager
+def attachment_lock(network: str, container_id: str, ifname: str) -> Iterator[HeldLock]:
+    """Hold the attachment's lock; set ``remove_on_release`` to delete the lock file after."""
+    key = hashlib.sha256(f"{network}\0{container_id}\0{ifname}".encode()).hexdigest()[:32]
+    directory = run_dir() / "locks"
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = directory / key
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                current = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                current = False
+        except BaseException:
+            os.close(fd)
+            raise
+        if current:
+            break
+        os.close(fd)
+    held = HeldLock()
+    try:
+        yield held
+    finally:
+        if held.remove_on_release:
+            path.unlink(missing_ok=True)
+        os.close(fd)
