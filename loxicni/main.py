@@ -10,11 +10,12 @@ def plugin_main() -> int:
     """Run one CNI call: env + stdin in, result or error JSON on stdout."""
     from loxicni.cni import skel
     from loxicni.logs import setup_logging
-    from loxicni.plugin.bridge import KNOWN_ARGS, BridgePlugin
+    from loxicni.plugin.config import KNOWN_ARGS
+    from loxicni.plugin.handlers import LazyBridgePlugin
 
     setup_logging()
     stdin = sys.stdin.buffer.read()
-    code, out = skel.run(BridgePlugin(), os.environ, stdin, KNOWN_ARGS)
+    code, out = skel.run(LazyBridgePlugin(), os.environ, stdin, KNOWN_ARGS)
     sys.stdout.buffer.write(out)
     sys.stdout.flush()
     return code

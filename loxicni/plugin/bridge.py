@@ -27,7 +27,7 @@ from loxicni.cni.types import DNS, Interface, IPAddress, IPConfig, Result, Route
 from loxicni.logs import add_log_file
 from loxicni.net import ipconf, links, masq, netns, sysctl
 from loxicni.plugin import naming
-from loxicni.plugin.config import KNOWN_ARGS, BridgeConfig, parse_config
+from loxicni.plugin.config import BridgeConfig, parse_config
 from loxicni.plugin.ipam import Ipam
 from loxicni.plugin.locks import attachment_lock
 
@@ -36,7 +36,6 @@ log = logging.getLogger("loxi-cni")
 DEFAULT_V4 = ipaddress.ip_network("0.0.0.0/0")
 DEFAULT_V6 = ipaddress.ip_network("::/0")
 
-__all__ = ["KNOWN_ARGS", "BridgePlugin"]
 
 
 def load_config(req: Request) -> BridgeConfig:

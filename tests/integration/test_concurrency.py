@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
-from .conftest import Call, Net, links_of_bridge
+from .conftest import PLUGIN, REFERENCE_DIR, Call, Net, Pod, links_of_bridge
 
 
 def test_forty_concurrent_adds_get_unique_addresses_and_leave_nothing(net: Net) -> None:
@@ -42,5 +43,34 @@ def test_concurrent_add_and_del_of_one_attachment_are_serialised(net: Net) -> No
         r.stdout for r in results
     ]
     assert net.call("DEL", pod, conf).rc == 0
+    assert net.reservations() == {}
+    assert links_of_bridge(net.bridge) == []
+
+
+def test_mixed_with_the_reference_bridge_and_host_local(net: Net) -> None:
+    """Our plugin and the reference bridge + host-local share one network's store at once."""
+    conf = net.conf("1.0.0")
+    reference = {**conf, "type": "bridge"}
+    ours_pods = [net.pod() for _ in range(12)]
+    ref_pods = [net.pod() for _ in range(12)]
+    jobs = [(p, conf, PLUGIN) for p in ours_pods] + [
+        (p, reference, f"{REFERENCE_DIR}/bridge") for p in ref_pods
+    ]
+
+    def run(command: str, job: tuple[Pod, dict[str, Any], str]) -> Call:
+        pod, c, plugin = job
+        return net.call(command, pod, c, plugin=plugin, path=REFERENCE_DIR)
+
+    with ThreadPoolExecutor(max_workers=24) as pool:
+        adds = list(pool.map(lambda j: run("ADD", j), jobs[::2] + jobs[1::2]))
+    assert all(r.rc == 0 for r in adds), [r.stdout for r in adds if r.rc]
+    addresses = [r.json["ips"][0]["address"] for r in adds]
+    assert len(set(addresses)) == 24
+    owners = net.reservations()
+    assert len(owners) == 24
+    assert {v.split("\r\n")[0] for v in owners.values()} == {p.container_id for p, _, _ in jobs}
+    with ThreadPoolExecutor(max_workers=24) as pool:
+        dels = list(pool.map(lambda j: run("DEL", j), jobs))
+    assert all(r.rc == 0 for r in dels), [r.stdout for r in dels if r.rc]
     assert net.reservations() == {}
     assert links_of_bridge(net.bridge) == []
