@@ -46,3 +46,10 @@ uninstall:
 
 clean:
 	rm -rf $(DEV_VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis
+
+# Speed against the reference bridge plugin (bench/bench.py --help): `make bench`,
+# `make bench BENCH_ARGS=--quick`, `BENCH_ARGS="--cycles 1000"`, `BENCH_ARGS="--rss 500"`.
+.PHONY: bench
+bench: install
+	$$(test -x $(DEV_VENV)/bin/python && echo $(DEV_VENV)/bin/python || echo $(PYTHON)) \
+		bench/bench.py $(BENCH_ARGS)

@@ -8,6 +8,8 @@ from importlib.metadata import PackageNotFoundError, version
 
 from loxicni.cni.version import SUPPORTED_VERSIONS
 
+DEFAULT_METRICS = "127.0.0.1:9617"
+
 
 def package_version() -> str:
     try:
@@ -18,15 +20,46 @@ def package_version() -> str:
 
 def _version(args: argparse.Namespace) -> int:
     info = {"version": package_version(), "cniVersions": list(SUPPORTED_VERSIONS)}
-    print(
-        json.dumps(info)
-        if args.json
-        else f"loxi-cni {info['version']} (CNI {', '.join(SUPPORTED_VERSIONS)})"
-    )
+    if args.json:
+        print(json.dumps(info))
+    else:
+        print(f"loxi-cni {info['version']} (CNI {', '.join(SUPPORTED_VERSIONS)})")
     return 0
 
 
+def _agent(args: argparse.Namespace) -> int:
+    from loxicni.agent.server import run_agent
+    from loxicni.logs import setup_logging
+
+    setup_logging()
+    return run_agent(args.socket, None if args.metrics in ("", "off") else args.metrics)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from loxicni import client
+
+    try:
+        code, out = client.call_agent({"LOXI_ADMIN": "status"}, b"", path=args.socket, timeout=10)
+    except (client.AgentUnavailable, client.AgentLost) as exc:
+        info = {"agent": "down", "socket": args.socket, "reason": str(exc)}
+        print(json.dumps(info) if args.json else f"agent: down ({args.socket}: {exc})")
+        return 1
+    info = json.loads(out)
+    if args.json:
+        print(json.dumps(info))
+        return code
+    print(f"agent: {info['agent']} (pid {info['pid']}, version {info['version']})")
+    print(f"uptime: {info['uptimeSeconds']:.0f} s")
+    print(f"requests served: {info['requestsServed']}")
+    print(f"attachments held: {info['attachments']}")
+    for network, count in sorted(info["addressesInUse"].items()):
+        print(f"addresses in use, {network}: {count}")
+    return code
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from loxicni.client import socket_path
+
     parser = argparse.ArgumentParser(
         prog="loxi-cni",
         description="loxi-cni: a CNI bridge plugin. Run by a container runtime with CNI_COMMAND "
@@ -36,6 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("version", help="print the plugin version and the CNI versions it speaks")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_version)
+    p = sub.add_parser("agent", help="run the node agent (foreground) serving the plugin")
+    p.add_argument("--socket", default=socket_path(), help="unix socket (default %(default)s)")
+    p.add_argument(
+        "--metrics",
+        default=DEFAULT_METRICS,
+        help="host:port for Prometheus metrics, or 'off' (default %(default)s)",
+    )
+    p.set_defaults(func=_agent)
+    p = sub.add_parser("status", help="is the agent up: version, uptime, requests, attachments")
+    p.add_argument("--socket", default=socket_path(), help="unix socket (default %(default)s)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_status)
     return parser
 
 

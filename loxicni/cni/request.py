@@ -61,6 +61,10 @@ class Request:
     config_bytes: bytes  # raw stdin, to forward to delegated plugins
     cni_version: str  # config["cniVersion"], "0.1.0" if absent (like libcni)
 
+    def args_string(self) -> str:
+        """CNI_ARGS as the runtime sent it (for delegated plugins and records)."""
+        return ";".join(f"{k}={v}" for k, v in self.args)
+
     def arg(self, key: str) -> str | None:
         """The last value given for a CNI_ARGS key (later pairs override earlier ones)."""
         for k, v in reversed(self.args):

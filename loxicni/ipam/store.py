@@ -91,14 +91,6 @@ def _write_new(path: Path, data: bytes, mode: int, *, sync: bool) -> None:
     os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _unlink_quiet(path: Path) -> None:
     with suppress(FileNotFoundError):
         os.unlink(path)
@@ -179,14 +171,14 @@ class Store:
     def _create(self, path: Path, data: bytes) -> bool:
         """Create a reservation file that is never seen half-written.
 
-        The content is written and synced to a temporary file in our index directory, then
+        The content is written to a temporary file in our index directory, then
         hard-linked into place: link(2) fails if the name exists, so it is as exclusive as the
         reference's O_EXCL. Where linking is impossible (another filesystem) we fall back to the
         reference's O_EXCL create-and-write.
         """
         tmp = self.index_dir / _RESERVE_TMP
         _unlink_quiet(tmp)  # a leftover may be linked to a live reservation: never reopen it
-        _write_new(tmp, data, RESERVATION_MODE, sync=True)
+        _write_new(tmp, data, RESERVATION_MODE, sync=False)
         try:
             os.link(tmp, path)
         except FileExistsError:
@@ -195,7 +187,7 @@ class Store:
             if e.errno not in (errno.EXDEV, errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
                 raise
             try:
-                _write_new(path, data, RESERVATION_MODE, sync=True)
+                _write_new(path, data, RESERVATION_MODE, sync=False)
             except FileExistsError:
                 return False
         finally:
@@ -324,7 +316,11 @@ class Store:
         return [ip for ip in ips if ip is not None]
 
     def _index_write(self, container_id: str, ifname: str, ips: list[IPAddress]) -> None:
-        """Replace the entry atomically and durably (temp file, fsync, rename, fsync dir)."""
+        """Replace the entry atomically (temp file + rename).
+
+        No fsync, like the reference store: a killed process loses nothing from the page cache,
+        and a power loss takes every pod (and so every attachment) with it.
+        """
         path = self._index_path(container_id, ifname)
         if not ips:
             self._index_drop(container_id, ifname)
@@ -332,13 +328,12 @@ class Store:
         doc = {"containerID": container_id.strip(), "ifname": ifname, "ips": [str(i) for i in ips]}
         tmp = path.with_name(path.name + _TMP_SUFFIX)
         _unlink_quiet(tmp)
-        _write_new(tmp, json.dumps(doc).encode(), INDEX_MODE, sync=True)
+        _write_new(tmp, json.dumps(doc).encode(), INDEX_MODE, sync=False)
         try:
             os.replace(tmp, path)
         except BaseException:
             _unlink_quiet(tmp)
             raise
-        _fsync_dir(self.index_dir)
 
     def _index_add(self, container_id: str, ifname: str, ip: IPAddress) -> None:
         """Add ``ip`` before it is reserved, dropping addresses the attachment no longer holds."""

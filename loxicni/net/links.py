@@ -111,20 +111,22 @@ def ensure_bridge(
         raise NetlinkError(
             errno.EEXIST, f"{name} exists and is a {link.kind or 'device'}, not a bridge"
         )
+    changed = False
     if vlan_filtering and not created:
         ipr.link("set", index=link.index, kind="bridge", br_vlan_filtering=1)
     if promisc and not link.promisc:
         ipr.link("set", index=link.index, flags=0x100, change=0x100)  # IFF_PROMISC
+        changed = True
     if not link.up:
         ipr.link("set", index=link.index, state="up")
-    return get_by_index(ipr, link.index) or link, created
+        changed = True
+    return (get_by_index(ipr, link.index) or link) if changed else link, created
 
 
 def create_veth(
     ipr: IPRoute,
     *,
     host_name: str,
-    alias: str,
     peer_name: str,
     peer_netns_fd: int,
     mtu: int,
@@ -146,16 +148,14 @@ def create_veth(
     link = get(ipr, host_name)
     if link is None:
         raise NetlinkError(errno.ENODEV, f"veth {host_name} vanished after creation")
-    ipr.link("set", index=link.index, ifalias=alias)
     return link
 
 
-def attach_port(ipr: IPRoute, index: int, bridge: int, *, hairpin: bool) -> None:
-    """Enslave ``index`` to ``bridge``, set hairpin mode, bring it up."""
-    ipr.link("set", index=index, master=bridge)
+def attach_port(ipr: IPRoute, index: int, bridge: int, *, alias: str, hairpin: bool) -> None:
+    """Label the port with ``alias``, enslave it to ``bridge`` and bring it up (one request)."""
+    ipr.link("set", index=index, ifalias=alias, master=bridge, state="up")
     if hairpin:
         ipr.brport("set", index=index, mode=1)
-    ipr.link("set", index=index, state="up")
 
 
 def delete(ipr: IPRoute, index: int) -> bool:

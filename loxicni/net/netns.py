@@ -56,6 +56,17 @@ def open_netns(path: str) -> int:
     return fd
 
 
+def adopt_netns(fd: int) -> int:
+    """A private duplicate of a netns fd handed over by a client; NotANetns if not one."""
+    own = os.dup(fd)
+    try:
+        run_in(own, lambda: None)
+    except BaseException:
+        os.close(own)
+        raise
+    return own
+
+
 def run_in(fd: int, fn: Callable[[], T]) -> T:
     """Run ``fn`` in a thread that has joined the netns ``fd``; re-raise its exception."""
     box: dict[str, object] = {}

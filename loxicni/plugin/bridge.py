@@ -26,7 +26,7 @@ from loxicni.cni.result import result_from_json
 from loxicni.cni.types import DNS, Interface, IPAddress, IPConfig, Result, Route
 from loxicni.logs import add_log_file
 from loxicni.net import ipconf, links, masq, netns, sysctl
-from loxicni.plugin import naming
+from loxicni.plugin import naming, records
 from loxicni.plugin.config import BridgeConfig, parse_config
 from loxicni.plugin.ipam import Ipam
 from loxicni.plugin.locks import attachment_lock
@@ -35,7 +35,6 @@ log = logging.getLogger("loxi-cni")
 
 DEFAULT_V4 = ipaddress.ip_network("0.0.0.0/0")
 DEFAULT_V6 = ipaddress.ip_network("::/0")
-
 
 
 def load_config(req: Request) -> BridgeConfig:
@@ -80,9 +79,9 @@ class Undo:
 class Sandbox:
     """The pod's netns: an fd and a netlink socket bound to it."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, fd: int | None = None) -> None:
         try:
-            self.fd = netns.open_netns(path)
+            self.fd = netns.adopt_netns(fd) if fd is not None else netns.open_netns(path)
         except netns.NetnsGone as exc:
             raise CniError(Code.UNKNOWN_CONTAINER, f"netns {path} does not exist") from exc
         except netns.NotANetns as exc:
@@ -165,7 +164,17 @@ def _merge(prev: Result | None, ours: Result) -> Result:
 
 
 class BridgePlugin:
-    """The CNI handlers of the bridge plugin (see ``loxicni.cni.skel.Handlers``)."""
+    """The CNI handlers of the bridge plugin (see ``loxicni.cni.skel.Handlers``).
+
+    ``netns_fd``: the pod's netns opened by the caller (the thin client passes it to the
+    agent), used instead of opening CNI_NETNS.
+    """
+
+    def __init__(self, netns_fd: int | None = None) -> None:
+        self.netns_fd = netns_fd
+
+    def _sandbox(self, req: Request) -> Sandbox:
+        return Sandbox(req.netns, self.netns_fd)
 
     # ----------------------------------------------------------------------------- ADD
     def add(self, req: Request) -> Result:
@@ -174,9 +183,27 @@ class BridgePlugin:
         with attachment_lock(cfg.network, req.container_id, req.ifname) as lock:
             undo = Undo()
             try:
-                with IPRoute() as host, Sandbox(req.netns) as sandbox:
+                record = records.Record(
+                    network=cfg.network,
+                    container_id=req.container_id,
+                    ifname=req.ifname,
+                    netns=req.netns,
+                    config=req.config,
+                    cni_args=req.args_string(),
+                    cni_path=list(req.path),
+                )
+                with IPRoute() as host, self._sandbox(req) as sandbox:
                     try:
+                        records.save(record)
+                        undo.push(
+                            "remove the attachment record",
+                            partial(records.remove, cfg.network, req.container_id, req.ifname),
+                        )
                         result = self._add(req, cfg, ipam, host, sandbox, undo)
+                        record.state = records.READY
+                        record.host_veth = result.interfaces[1].name
+                        record.ips = [str(ip.address) for ip in result.ips]
+                        records.save(record)
                     except BaseException:
                         undo.unwind()  # while the netlink sockets are still open
                         raise
@@ -282,7 +309,6 @@ class BridgePlugin:
                 veth = links.create_veth(
                     host,
                     host_name=name,
-                    alias=alias,
                     peer_name=req.ifname,
                     peer_netns_fd=sandbox.fd,
                     mtu=cfg.mtu,
@@ -301,10 +327,10 @@ class BridgePlugin:
                 continue  # the host name is taken: next candidate
             undo.push(f"delete veth {name}", partial(links.delete, host, veth.index))
             with kernel_errors(f"attaching {name} to bridge {bridge.name}"):
-                links.attach_port(host, veth.index, bridge.index, hairpin=cfg.hairpin)
+                links.attach_port(host, veth.index, bridge.index, alias=alias, hairpin=cfg.hairpin)
                 ops = links.port_vlan_ops(cfg.vlan, cfg.vlan_trunk, cfg.preserve_default_vlan)
                 links.apply_vlan_ops(host, veth.index, ops)
-            return links.get_by_index(host, veth.index) or veth
+            return veth
         raise CniError(Code.KERNEL_ERROR, "no free host veth name", f"alias {alias}")
 
     def _gateway_on_bridge(
@@ -345,11 +371,12 @@ class BridgePlugin:
                 if req.netns:
                     self._delete_pod_link(req)
                 self._delete_host_veths(host, cfg, req.container_id, req.ifname)
+            records.remove(cfg.network, req.container_id, req.ifname)
             lock.remove_on_release = True
 
     def _delete_pod_link(self, req: Request) -> None:
         try:
-            sandbox = Sandbox(req.netns)
+            sandbox = self._sandbox(req)
         except CniError as exc:
             if exc.code == Code.UNKNOWN_CONTAINER:
                 return  # the netns is gone, and the veth pair with it
@@ -378,7 +405,7 @@ class BridgePlugin:
             raise CniError(Code.INVALID_CONFIG, "CHECK needs a prevResult")
         with attachment_lock(cfg.network, req.container_id, req.ifname):
             held = Ipam(req, cfg.ipam_type).check()
-            with IPRoute() as host, Sandbox(req.netns) as sandbox, kernel_errors("CHECK"):
+            with IPRoute() as host, self._sandbox(req) as sandbox, kernel_errors("CHECK"):
                 self._check(req, cfg, prev, held, host, sandbox)
 
     def _check(
@@ -472,6 +499,9 @@ class BridgePlugin:
         for container_id, ifname in masq.masqueraded_attachments(cfg.network) - valid:
             masq.remove_masquerade(cfg.network, container_id, ifname)
         Ipam(req, cfg.ipam_type).gc(valid)
+        for record in records.all_records():
+            if record.network == cfg.network and (record.container_id, record.ifname) not in valid:
+                records.remove(record.network, record.container_id, record.ifname)
         with IPRoute() as host, kernel_errors("GC of host veths"):
             for link in links.dump(host):
                 owner = naming.parse_alias(link.alias)

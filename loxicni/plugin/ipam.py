@@ -27,7 +27,7 @@ def _env(req: Request) -> dict[str, str]:
         CNI_CONTAINERID=req.container_id,
         CNI_NETNS=req.netns,
         CNI_IFNAME=req.ifname,
-        CNI_ARGS=";".join(f"{k}={v}" for k, v in req.args),
+        CNI_ARGS=req.args_string(),
         CNI_PATH=":".join(req.path),
     )
     return env

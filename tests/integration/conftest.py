@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -48,6 +49,8 @@ def run_plugin(
 ) -> Call:
     """Exec a CNI plugin once with the CNI env and ``conf`` on stdin."""
     full_env = {"PATH": os.environ["PATH"], "CNI_COMMAND": command, "CNI_PATH": path}
+    if "LOXI_CNI_SOCKET" in os.environ:
+        full_env["LOXI_CNI_SOCKET"] = os.environ["LOXI_CNI_SOCKET"]
     for key, value in (
         ("CNI_CONTAINERID", container_id),
         ("CNI_NETNS", netns),
@@ -154,8 +157,40 @@ def links_of_bridge(bridge: str) -> list[str]:
         return [m.get("IFLA_IFNAME") for m in ipr.get_links() if m.get("IFLA_MASTER") == found[0]]
 
 
+@pytest.fixture(scope="session")
+def agent_socket(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A node agent for the whole session, on a private socket."""
+    sock = str(tmp_path_factory.mktemp("agent") / "agent.sock")
+    proc = subprocess.Popen(
+        [PLUGIN, "agent", "--socket", sock, "--metrics", "off"], stderr=subprocess.PIPE, text=True
+    )
+    for _ in range(100):
+        if os.path.exists(sock):
+            break
+        if proc.poll() is not None:
+            pytest.fail(f"the agent exited: {proc.stderr.read() if proc.stderr else ''}")
+        time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("the agent did not create its socket within 5 s")
+    yield sock
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(params=["standalone", "agent"])
+def mode(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every integration test runs against the plugin alone and through the node agent."""
+    if request.param == "agent":
+        os.environ["LOXI_CNI_SOCKET"] = request.getfixturevalue("agent_socket")
+    else:
+        os.environ["LOXI_CNI_SOCKET"] = "/nonexistent/loxi-cni.sock"
+    yield request.param
+    os.environ.pop("LOXI_CNI_SOCKET", None)
+
+
 @pytest.fixture
-def net(tmp_path: Path) -> Iterator[Net]:
+def net(tmp_path: Path, mode: str) -> Iterator[Net]:
     tag = uuid.uuid4().hex[:8]
     network = Net(name=f"loxit-{tag}", bridge=f"lxbr{tag}", data_dir=tmp_path / "ipam")
     yield network

@@ -83,7 +83,7 @@ def test_vlan_on_the_kernel(port: tuple[IPRoute, str]) -> None:
     ipr.link("add", ifname=veth, kind="veth", peer={"ifname": veth + "x"})
     port_link = links.get(ipr, veth)
     assert port_link is not None
-    links.attach_port(ipr, port_link.index, br.index, hairpin=False)
+    links.attach_port(ipr, port_link.index, br.index, alias="t", hairpin=False)
     links.apply_vlan_ops(ipr, port_link.index, links.port_vlan_ops(100, (), False))
     shown = subprocess.run(
         ["bridge", "vlan", "show", "dev", veth], capture_output=True, text=True, check=True
