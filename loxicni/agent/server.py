@@ -29,6 +29,7 @@ from loxicni.cli import package_version
 from loxicni.client import REQUEST_MAGIC, RESPONSE_MAGIC
 from loxicni.cni import skel
 from loxicni.cni.errors import CniError, Code
+from loxicni.net.reaper import LinkReaper
 from loxicni.plugin import records
 from loxicni.plugin.bridge import BridgePlugin
 from loxicni.plugin.config import KNOWN_ARGS
@@ -102,6 +103,20 @@ def _reply(conn: socket.socket, code: int, out: bytes) -> None:
     conn.sendall(RESPONSE_MAGIC + struct.pack(">II", code, len(out)) + out)
 
 
+def _refuse(conn: socket.socket, code: int, msg: str) -> None:
+    """Answer a bad request, then drain a little of what the client still sends: closing
+    with unread data makes the kernel reset the connection and drop the answer."""
+    _reply(conn, 1, _error_bytes(code, msg))
+    conn.shutdown(socket.SHUT_WR)
+    conn.settimeout(1.0)
+    drained = 0
+    while drained < MAX_ENV:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        drained += len(chunk)
+
+
 def _error_bytes(code: int, msg: str) -> bytes:
     return (json.dumps(CniError(code, msg).to_json("1.1.0")) + "\n").encode()
 
@@ -135,15 +150,13 @@ class Handler(socketserver.BaseRequestHandler):
             uid = _peer_uid(conn)
             if uid != 0:
                 log.warning("refused a request from uid %s", uid)
-                _reply(
-                    conn, 1, _error_bytes(Code.INVALID_ENV, "the loxi-cni agent serves root only")
-                )
+                _refuse(conn, Code.INVALID_ENV, "the loxi-cni agent serves root only")
                 return
             try:
                 env, stdin = read_request(conn, fds)
             except BadRequest as exc:
                 log.warning("bad request: %s", exc)
-                _reply(conn, 1, _error_bytes(exc.code, str(exc)))
+                _refuse(conn, exc.code, str(exc))
                 return
             conn.settimeout(None)
             if ADMIN_KEY in env:
@@ -171,6 +184,7 @@ class AgentServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
     def __init__(self, path: str, agent: AgentState, listen_fd: int | None = None) -> None:
         self.agent = agent
+        self.reaper = LinkReaper()
         if listen_fd is not None:  # systemd socket activation
             super().__init__(path, Handler, bind_and_activate=False)
             self.socket = socket.socket(fileno=listen_fd)
@@ -192,7 +206,8 @@ class AgentServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         token = container_id.set(env.get("CNI_CONTAINERID") or "-")
         start = time.perf_counter()
         try:
-            code, out = skel.run(BridgePlugin(netns_fd=netns_fd), env, stdin, KNOWN_ARGS)
+            plugin = BridgePlugin(netns_fd=netns_fd, reaper=self.reaper)
+            code, out = skel.run(plugin, env, stdin, KNOWN_ARGS)
         finally:
             container_id.reset(token)
         error_code = 0

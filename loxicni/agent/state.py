@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,12 +49,17 @@ def _alive(ipr: IPRoute, record: records.Record) -> bool:
 
 
 def _delete(record: records.Record) -> tuple[int, bytes]:
-    """DEL the attachment through the normal plugin path, with an empty netns."""
+    """DEL the attachment through the normal plugin path.
+
+    The recorded netns is passed when it still exists: an ADD killed between creating the
+    veth pair and labelling its host end can only be found from the pod's side.
+    """
+    netns = record.netns if record.netns and os.path.exists(record.netns) else ""
     env = {
         "CNI_COMMAND": "DEL",
         "CNI_CONTAINERID": record.container_id,
         "CNI_IFNAME": record.ifname,
-        "CNI_NETNS": "",
+        "CNI_NETNS": netns,
         "CNI_ARGS": record.cni_args,
         "CNI_PATH": ":".join(record.cni_path),
     }
@@ -62,6 +68,7 @@ def _delete(record: records.Record) -> tuple[int, bytes]:
 
 def reconcile() -> ReconcileReport:
     report = ReconcileReport()
+    records.remove_stale_temp_files()
     with IPRoute() as ipr:
         for record in list(records.all_records()):
             name = f"{record.network}/{record.container_id}/{record.ifname}"

@@ -24,10 +24,10 @@ def addresses(ipr: IPRoute, index: int) -> list[IPInterface]:
     return out
 
 
-def add_address(ipr: IPRoute, index: int, address: IPInterface, *, dad: bool) -> None:
-    """Add an address; without DAD unless asked, so IPv6 is usable at once (DAD stalls 1-2 s).
+def add_address(ipr: IPRoute, index: int, address: IPInterface, *, dad: bool) -> bool:
+    """Add an address; False if it was already there.
 
-    An address already present is success.
+    Without DAD unless asked, so IPv6 is usable at once (DAD stalls ADD by 1-2 s).
     """
     attrs: dict[str, object] = {
         "index": index,
@@ -41,6 +41,8 @@ def add_address(ipr: IPRoute, index: int, address: IPInterface, *, dad: bool) ->
     except NetlinkError as exc:
         if exc.code != errno.EEXIST:
             raise
+        return False
+    return True
 
 
 def delete_address(ipr: IPRoute, index: int, address: IPInterface) -> None:

@@ -26,6 +26,7 @@ from loxicni.cni.result import result_from_json
 from loxicni.cni.types import DNS, Interface, IPAddress, IPConfig, Result, Route
 from loxicni.logs import add_log_file
 from loxicni.net import ipconf, links, masq, netns, sysctl
+from loxicni.net.reaper import LinkReaper
 from loxicni.plugin import naming, records
 from loxicni.plugin.config import BridgeConfig, parse_config
 from loxicni.plugin.ipam import Ipam
@@ -167,11 +168,12 @@ class BridgePlugin:
     """The CNI handlers of the bridge plugin (see ``loxicni.cni.skel.Handlers``).
 
     ``netns_fd``: the pod's netns opened by the caller (the thin client passes it to the
-    agent), used instead of opening CNI_NETNS.
+    agent), used instead of opening CNI_NETNS. ``reaper``: the agent's batched link deleter.
     """
 
-    def __init__(self, netns_fd: int | None = None) -> None:
+    def __init__(self, netns_fd: int | None = None, reaper: LinkReaper | None = None) -> None:
         self.netns_fd = netns_fd
+        self.reaper = reaper
 
     def _sandbox(self, req: Request) -> Sandbox:
         return Sandbox(req.netns, self.netns_fd)
@@ -181,36 +183,53 @@ class BridgePlugin:
         cfg = load_config(req)
         ipam = Ipam(req, cfg.ipam_type)  # validates the IPAM config before anything is touched
         with attachment_lock(cfg.network, req.container_id, req.ifname) as lock:
-            undo = Undo()
             try:
-                record = records.Record(
-                    network=cfg.network,
-                    container_id=req.container_id,
-                    ifname=req.ifname,
-                    netns=req.netns,
-                    config=req.config,
-                    cni_args=req.args_string(),
-                    cni_path=list(req.path),
-                )
                 with IPRoute() as host, self._sandbox(req) as sandbox:
-                    try:
-                        records.save(record)
-                        undo.push(
-                            "remove the attachment record",
-                            partial(records.remove, cfg.network, req.container_id, req.ifname),
-                        )
-                        result = self._add(req, cfg, ipam, host, sandbox, undo)
-                        record.state = records.READY
-                        record.host_veth = result.interfaces[1].name
-                        record.ips = [str(ip.address) for ip in result.ips]
-                        records.save(record)
-                    except BaseException:
-                        undo.unwind()  # while the netlink sockets are still open
-                        raise
+                    result = self._add_locked(req, cfg, ipam, host, sandbox)
             except BaseException:
                 lock.remove_on_release = True
                 raise
         return _merge(cfg.prev_result, result)
+
+    def _add_locked(
+        self, req: Request, cfg: BridgeConfig, ipam: Ipam, host: IPRoute, sandbox: Sandbox
+    ) -> Result:
+        with kernel_errors(f"looking up {req.ifname} in {req.netns}"):
+            if links.get(sandbox.ipr, req.ifname) is not None:
+                raise CniError(
+                    Code.INTERFACE_EXISTS, f"interface {req.ifname} already exists in {req.netns}"
+                )
+        key = records.record_key(cfg.network, req.container_id, req.ifname)
+        if records.load(key) is not None:
+            # An earlier ADD of this attachment died half-way, or its pod interface is gone
+            # without a DEL: finish tearing it down first, so nothing of it leaks.
+            log.info("ADD: tearing down the remains of an earlier attachment first")
+            self._teardown(req, cfg, ipam, host, pod_link=False)
+        record = records.Record(
+            network=cfg.network,
+            container_id=req.container_id,
+            ifname=req.ifname,
+            netns=req.netns,
+            config=req.config,
+            cni_args=req.args_string(),
+            cni_path=list(req.path),
+        )
+        undo = Undo()
+        try:
+            records.save(record)
+            undo.push(
+                "remove the attachment record",
+                partial(records.remove, cfg.network, req.container_id, req.ifname),
+            )
+            result = self._add(req, cfg, ipam, host, sandbox, undo)
+        except BaseException:
+            undo.unwind()  # while the netlink sockets are still open
+            raise
+        record.state = records.READY
+        record.host_veth = result.interfaces[1].name
+        record.ips = [str(ip.address) for ip in result.ips]
+        records.save(record)
+        return result
 
     def _add(
         self,
@@ -221,11 +240,6 @@ class BridgePlugin:
         sandbox: Sandbox,
         undo: Undo,
     ) -> Result:
-        with kernel_errors(f"looking up {req.ifname} in {req.netns}"):
-            if links.get(sandbox.ipr, req.ifname) is not None:
-                raise CniError(
-                    Code.INTERFACE_EXISTS, f"interface {req.ifname} already exists in {req.netns}"
-                )
         bridge = self._ensure_bridge(host, cfg)
         host_veth = self._create_veth(req, cfg, host, sandbox, bridge, undo)
 
@@ -337,15 +351,18 @@ class BridgePlugin:
         self, host: IPRoute, cfg: BridgeConfig, bridge: links.Link, ips: list[IPConfig]
     ) -> None:
         with kernel_errors(f"adding the gateway address to {bridge.name}"):
-            present = ipconf.addresses(host, bridge.index)
             for ip in ips:
                 gw = ipaddress.ip_interface(f"{_gateway_of(ip)}/{ip.address.network.prefixlen}")
-                if gw in present:
-                    continue
+                if not ipconf.add_address(host, bridge.index, gw, dad=False):
+                    continue  # already there: the common case costs one request
+                # The first gateway of this subnet: is another address of it on the bridge?
                 clashing = [
-                    a for a in present if a.version == gw.version and a.network == gw.network
+                    a
+                    for a in ipconf.addresses(host, bridge.index)
+                    if a != gw and a.version == gw.version and a.network == gw.network
                 ]
                 if clashing and not cfg.force_address:
+                    ipconf.delete_address(host, bridge.index, gw)
                     raise CniError(
                         Code.INVALID_CONFIG,
                         f"bridge {bridge.name} already has {clashing[0]}, not gateway {gw} "
@@ -353,7 +370,6 @@ class BridgePlugin:
                     )
                 for old in clashing:
                     ipconf.delete_address(host, bridge.index, old)
-                ipconf.add_address(host, bridge.index, gw, dad=False)
             sysctl.forwarding_on(
                 ipv4=any(ip.address.version == 4 for ip in ips),
                 ipv6=any(ip.address.version == 6 for ip in ips),
@@ -363,16 +379,27 @@ class BridgePlugin:
     def delete(self, req: Request) -> None:
         cfg = load_config(req)
         with attachment_lock(cfg.network, req.container_id, req.ifname) as lock:
-            # Masquerade goes before the address, which a new pod may get the moment it is free.
-            if cfg.ip_masq:
-                masq.remove_masquerade(cfg.network, req.container_id, req.ifname)
-            Ipam(req, cfg.ipam_type).delete()
             with IPRoute() as host:
-                if req.netns:
-                    self._delete_pod_link(req)
-                self._delete_host_veths(host, cfg, req.container_id, req.ifname)
-            records.remove(cfg.network, req.container_id, req.ifname)
+                self._teardown(req, cfg, Ipam(req, cfg.ipam_type), host, pod_link=True)
             lock.remove_on_release = True
+
+    def _teardown(
+        self, req: Request, cfg: BridgeConfig, ipam: Ipam, host: IPRoute, *, pod_link: bool
+    ) -> None:
+        """Remove everything of the attachment; each step tolerates its part being gone.
+
+        Order: masquerade and links before the address, which a new pod may get the moment
+        it is free; the record last, so a teardown cut short is finished on reconcile.
+        """
+        if cfg.ip_masq:
+            masq.remove_masquerade(cfg.network, req.container_id, req.ifname)
+        # Deleting the host end takes the pod end with it (from the host netns, where the
+        # agent batches deletions); the netns is opened only if no host end is left.
+        found = self._delete_host_veths(host, cfg, req.container_id, req.ifname)
+        if pod_link and req.netns and not found:
+            self._delete_pod_link(req)
+        ipam.delete()
+        records.remove(cfg.network, req.container_id, req.ifname)
 
     def _delete_pod_link(self, req: Request) -> None:
         try:
@@ -388,14 +415,21 @@ class BridgePlugin:
 
     def _delete_host_veths(
         self, host: IPRoute, cfg: BridgeConfig, container_id: str, ifname: str
-    ) -> None:
-        """Delete host veths of this attachment still there (DEL without a netns)."""
+    ) -> bool:
+        """Delete the host veths of this attachment; False if there was none."""
         alias = naming.alias(cfg.network, container_id, ifname)
+        found = False
         with kernel_errors("deleting the host veth"):
             for name in naming.candidates(cfg.veth_prefix, cfg.network, container_id, ifname):
                 link = links.get(host, name)
-                if link is not None and link.alias == alias:
+                if link is None or link.alias != alias:
+                    continue
+                found = True
+                if self.reaper is not None:
+                    self.reaper.delete(host, link.index)
+                else:
                     links.delete(host, link.index)
+        return found
 
     # --------------------------------------------------------------------------- CHECK
     def check(self, req: Request) -> None:

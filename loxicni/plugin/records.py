@@ -81,3 +81,23 @@ def all_records() -> Iterator[Record]:
         record = load(path.stem)
         if record is not None:
             yield record
+
+
+def remove_stale_temp_files() -> list[Path]:
+    """Temp files of writers that died mid-save (their pid is in the name)."""
+    directory = state_dir()
+    removed: list[Path] = []
+    if not directory.is_dir():
+        return removed
+    for tmp in directory.glob(".*.tmp"):
+        try:
+            pid = int(tmp.name.rsplit(".", 2)[1])
+            os.kill(pid, 0)
+            continue  # its writer is alive
+        except (ValueError, IndexError, ProcessLookupError):
+            pass
+        except PermissionError:
+            continue
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed

@@ -12,6 +12,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -189,14 +190,23 @@ def mode(request: pytest.FixtureRequest) -> Iterator[str]:
     os.environ.pop("LOXI_CNI_SOCKET", None)
 
 
-@pytest.fixture
-def net(tmp_path: Path, mode: str) -> Iterator[Net]:
+@contextmanager
+def make_net(tmp_path: Path) -> Iterator[Net]:
+    """A fresh network; its pods' namespaces and its bridge are removed afterwards."""
     tag = uuid.uuid4().hex[:8]
     network = Net(name=f"loxit-{tag}", bridge=f"lxbr{tag}", data_dir=tmp_path / "ipam")
-    yield network
-    for pod in network.pods:
-        subprocess.run(["ip", "netns", "del", pod.name], capture_output=True)
-    subprocess.run(["ip", "link", "del", network.bridge], capture_output=True)
+    try:
+        yield network
+    finally:
+        for pod in network.pods:
+            subprocess.run(["ip", "netns", "del", pod.name], capture_output=True)
+        subprocess.run(["ip", "link", "del", network.bridge], capture_output=True)
+
+
+@pytest.fixture
+def net(tmp_path: Path, mode: str) -> Iterator[Net]:
+    with make_net(tmp_path) as network:
+        yield network
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -1,0 +1,329 @@
+"""The node agent and the thin client: forwarding, status, metrics, hostile input, crashes."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import PLUGIN, Call, Net, links_of_bridge, make_net, run_plugin
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Agent:
+    socket: str
+    state_dir: Path
+    log: Path
+    metrics_port: int
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What plugin calls need so the fallback path shares the agent's state."""
+        return {"LOXI_CNI_SOCKET": self.socket, "LOXI_CNI_STATE_DIR": str(self.state_dir)}
+
+    def start(self) -> None:
+        env = {**os.environ, "LOXI_CNI_STATE_DIR": str(self.state_dir)}
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    PLUGIN,
+                    "agent",
+                    "--socket",
+                    self.socket,
+                    "--metrics",
+                    f"127.0.0.1:{self.metrics_port}",
+                ],
+                env=env,
+                stdout=log,
+                stderr=log,
+            )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.status()["agent"] == "up":
+                return
+            assert self.proc.poll() is None, self.log.read_text()
+            time.sleep(0.05)
+        raise AssertionError(f"agent did not come up: {self.log.read_text()}")
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+    def status(self) -> dict[str, Any]:
+        proc = subprocess.run(
+            [PLUGIN, "status", "--json", "--socket", self.socket],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        return dict(json.loads(proc.stdout))
+
+    def metrics(self) -> str:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return str(resp.read().decode())
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Iterator[Agent]:
+    a = Agent(
+        str(tmp_path / "run" / "agent.sock"),
+        tmp_path / "state",
+        tmp_path / "agent.log",
+        _free_port(),
+    )
+    a.start()
+    yield a
+    a.stop()
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> Iterator[Net]:
+    with make_net(tmp_path) as network:
+        yield network
+
+
+def test_requests_are_served_by_the_agent(agent: Agent, net: Net) -> None:
+    conf = net.conf()
+    pod = net.pod()
+    before = agent.status()
+    assert before["requestsServed"] == 0 and before["attachments"] == 0
+    assert net.call("ADD", pod, conf, env=agent.env).rc == 0
+    during = agent.status()
+    assert during["requestsServed"] == 1
+    assert during["attachments"] == 1
+    assert during["addressesInUse"] == {net.name: 1}
+    assert net.call("DEL", pod, conf, env=agent.env).rc == 0
+    after = agent.status()
+    assert after["requestsServed"] == 2 and after["attachments"] == 0
+    assert os.stat(agent.socket).st_mode & 0o777 == 0o600
+
+
+def test_metrics(agent: Agent, net: Net) -> None:
+    conf = net.conf()
+    pod = net.pod()
+    assert net.call("ADD", pod, conf, env=agent.env).rc == 0
+    assert net.call("ADD", net.pod(), {**conf, "mtu": "x"}, env=agent.env).rc != 0
+    text = agent.metrics()
+    assert 'loxi_cni_requests_total{command="ADD"} 2' in text
+    assert 'loxi_cni_errors_total{command="ADD",code="7"} 1' in text
+    assert 'loxi_cni_request_seconds_count{command="ADD"} 2' in text
+    assert 'loxi_cni_request_seconds_bucket{command="ADD",le="+Inf"} 2' in text
+    assert "loxi_cni_attachments 1" in text
+    labels = f'network="{net.name}",range="10.99.0.1-10.99.0.254"'
+    assert f"loxi_cni_addresses_in_use{{{labels}}} 1" in text
+    assert f"loxi_cni_addresses_free{{{labels}}} 252" in text
+    assert net.call("DEL", pod, conf, env=agent.env).rc == 0
+
+
+def _raw(agent: Agent, payload: bytes, *, close_early: bool = False) -> bytes:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(20)
+        s.connect(agent.socket)
+        s.sendall(payload)
+        if close_early:
+            return b""
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+        return data
+
+
+def _error_code(reply: bytes) -> int:
+    assert reply[:4] == b"LXR1"
+    exit_code, length = struct.unpack(">II", reply[4:12])
+    assert exit_code == 1
+    return int(json.loads(reply[12 : 12 + length])["code"])
+
+
+def test_hostile_requests_leave_the_agent_serving(agent: Agent, net: Net) -> None:
+    assert _error_code(_raw(agent, b"GET / HTTP/1.0\r\n\r\n")) == 6
+    assert _error_code(_raw(agent, b"LXC1" + struct.pack(">I", 1 << 30))) == 4
+    env = b"CNI_COMMAND=ADD"
+    too_big = b"LXC1" + struct.pack(">I", len(env)) + env + struct.pack(">I", 64 << 20)
+    assert _error_code(_raw(agent, too_big)) == 6
+    _raw(agent, b"LXC1" + struct.pack(">I", 100) + b"CNI_COMM", close_early=True)
+    assert _error_code(_raw(agent, b"LXC1" + struct.pack(">I", 3) + b"abc" + b"\0\0\0\0")) == 4
+    pod = net.pod()
+    assert net.call("ADD", pod, net.conf(), env=agent.env).rc == 0
+    assert net.call("DEL", pod, net.conf(), env=agent.env).rc == 0
+    assert agent.proc is not None and agent.proc.poll() is None
+
+
+def test_non_root_peers_are_refused(agent: Agent) -> None:
+    """Mode 0600 keeps others out; were it opened up, the peer-credential check still does."""
+    public = Path(tempfile.mkdtemp(prefix="loxi-agent-test-"))
+    try:
+        public.chmod(0o755)
+        link = public / "agent.sock"
+        os.link(agent.socket, link)  # the same socket, reachable by an unprivileged user
+        probe = (
+            "import os, socket, struct\n"
+            "os.setgid(65534); os.setuid(65534)\n"
+            "s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.settimeout(10)\n"
+            "try:\n"
+            f"    s.connect({str(link)!r})\n"
+            "except PermissionError:\n"
+            "    print('EACCES'); raise SystemExit\n"
+            "s.sendall(b'LXC1' + struct.pack('>I', 0) + struct.pack('>I', 0))\n"
+            "print(s.recv(65536)[12:].decode())\n"
+        )
+
+        def as_nobody() -> str:
+            proc = subprocess.run(
+                ["/usr/bin/python3", "-c", probe], capture_output=True, text=True, timeout=20
+            )
+            assert proc.returncode == 0, proc.stderr
+            return proc.stdout.strip()
+
+        assert as_nobody() == "EACCES"
+        os.chmod(agent.socket, 0o666)
+        err = json.loads(as_nobody())
+        assert err["code"] == 4 and "root" in err["msg"]
+        assert agent.status()["agent"] == "up"
+    finally:
+        shutil.rmtree(public)
+
+
+def test_thin_client_imports_only_the_standard_library() -> None:
+    launcher = Path(PLUGIN).read_text().splitlines()
+    site = next(line for line in launcher if "sys.path.insert" in line).split('"')[1]
+    code = (
+        f"import sys; sys.path.insert(0, {site!r})\n"
+        "import loxicni.main, loxicni.client\n"
+        "heavy = [m for m in ('pyroute2', 'json', 'socket', 'asyncio', 'loxicni.plugin')"
+        " if m in sys.modules]\n"
+        "print(heavy)\n"
+    )
+    python = launcher[0][2:].split()[0]
+    out = subprocess.run(
+        [python, "-I", "-S", "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
+
+
+def _hold_store_lock(net: Net) -> int:
+    directory = net.data_dir / net.name
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / "lock", os.O_RDONLY | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def test_crash_mid_add_and_dead_netns_are_reconciled(agent: Agent, net: Net) -> None:
+    conf = net.conf()
+    a, b, c, d = (net.pod() for _ in range(4))
+    results = {p.name: net.call("ADD", p, conf, env=agent.env) for p in (a, b, c)}
+    assert all(r.rc == 0 for r in results.values())
+
+    # d's ADD blocks inside the agent on the IPAM store lock; then the agent is killed.
+    fd = _hold_store_lock(net)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(
+                net.call, "ADD", d, conf, env={**agent.env, "LOXI_CNI_TIMEOUT": "30"}
+            )
+            deadline = time.monotonic() + 10
+            while not d.ipr().link_lookup(ifname="eth0") and time.monotonic() < deadline:
+                time.sleep(0.05)
+            agent.kill9()
+            lost = pending.result(timeout=30)
+    finally:
+        os.close(fd)
+    assert lost.rc != 0 and lost.json["code"] == 11, lost.stdout
+
+    subprocess.run(["ip", "netns", "del", b.name], check=True)  # b's pod dies without a DEL
+    agent.start()
+    log = agent.log.read_text()
+    assert re.search(r"reconciled: kept 2, released 2, orphan veths deleted 0, failed 0", log), log
+
+    live = {
+        results[a.name].json["ips"][0]["address"].split("/")[0],
+        results[c.name].json["ips"][0]["address"].split("/")[0],
+    }
+    assert set(net.reservations()) == live
+    expected = {results[p.name].json["interfaces"][1]["name"] for p in (a, c)}
+    assert set(links_of_bridge(net.bridge)) == expected
+    status = agent.status()
+    assert status["attachments"] == 2
+    for p in (a, c):
+        assert net.call("DEL", p, conf, env=agent.env).rc == 0
+    assert net.reservations() == {} and links_of_bridge(net.bridge) == []
+    assert agent.status()["attachments"] == 0
+
+
+def test_kill_9_during_a_storm_never_hangs_and_leaks_nothing(agent: Agent, net: Net) -> None:
+    conf = net.conf()
+    pods = [net.pod() for _ in range(24)]
+    env = {**agent.env, "LOXI_CNI_TIMEOUT": "20"}
+
+    def cycle(pod: Any) -> list[Call]:
+        return [
+            net.call("ADD", pod, conf, env=env),
+            net.call("DEL", pod, conf, env=env),
+            net.call("ADD", pod, conf, env=env),
+        ]
+
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(cycle, p) for p in pods]
+        time.sleep(0.4)
+        agent.kill9()
+        calls = [f.result(timeout=120) for f in futures]  # bounded: no client hangs
+    for call in (c for cs in calls for c in cs):
+        # served by the agent, lost with it (11), or run in-process once it was gone
+        assert call.rc == 0 or call.json["code"] in (11, 101, 102), call.stdout
+
+    agent.start()
+    # What is left must be exactly the attachments that are alive in the kernel.
+    alive = [p for p in pods if p.ipr().link_lookup(ifname="eth0")]
+    status = agent.status()
+    assert status["attachments"] == len(alive)
+    assert len(net.reservations()) == len(alive)
+    assert len(links_of_bridge(net.bridge)) == len(alive)
+    for p in pods:  # the runtime's clean-up: DEL everything
+        assert net.call("DEL", p, conf, env=env).rc == 0
+    assert net.reservations() == {}
+    assert links_of_bridge(net.bridge) == []
+    assert agent.status()["attachments"] == 0
+    assert list(agent.state_dir.glob("attachments/*")) == []
+
+
+def test_fallback_without_agent_shares_state(tmp_path: Path, net: Net) -> None:
+    """With no agent, the plugin runs in-process on the same records and store."""
+    state = tmp_path / "state"
+    env = {"LOXI_CNI_SOCKET": str(tmp_path / "none.sock"), "LOXI_CNI_STATE_DIR": str(state)}
+    pod = net.pod()
+    res = run_plugin("ADD", net.conf(), container_id=pod.container_id, netns=pod.path, env=env)
+    assert res.rc == 0, res.stdout
+    assert len(list(state.glob("attachments/*.json"))) == 1
+    assert net.call("DEL", pod, net.conf(), env=env).rc == 0
+    assert list(state.glob("attachments/*")) == []
