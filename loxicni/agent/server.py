@@ -185,8 +185,9 @@ class AgentServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     def __init__(self, path: str, agent: AgentState, listen_fd: int | None = None) -> None:
         self.agent = agent
         self.reaper = LinkReaper()
-        if listen_fd is not None:  # systemd socket activation
+        if listen_fd is not None:  # systemd socket activation: the socket is ready-made
             super().__init__(path, Handler, bind_and_activate=False)
+            self.socket.close()
             self.socket = socket.socket(fileno=listen_fd)
         else:
             os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)

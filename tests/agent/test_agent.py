@@ -327,3 +327,38 @@ def test_fallback_without_agent_shares_state(tmp_path: Path, net: Net) -> None:
     assert len(list(state.glob("attachments/*.json"))) == 1
     assert net.call("DEL", pod, net.conf(), env=env).rc == 0
     assert list(state.glob("attachments/*")) == []
+
+
+def test_systemd_socket_activation(tmp_path: Path, net: Net) -> None:
+    """Started as deploy/systemd's socket unit does: the listening socket is fd 3."""
+    path = str(tmp_path / "activated.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(16)
+    os.chmod(path, 0o600)
+
+    env = {**os.environ, "LOXI_CNI_STATE_DIR": str(tmp_path / "state")}
+    fd = listener.fileno()
+    # bash's $$ becomes the agent's pid through exec, as LISTEN_PID must be (dash only
+    # redirects single-digit fds).
+    script = f"LISTEN_PID=$$ LISTEN_FDS=1 exec {PLUGIN} agent --socket {path} --metrics off 3<&{fd}"
+    proc = subprocess.Popen(
+        ["bash", "-c", script], pass_fds=(fd,), env=env, stderr=subprocess.DEVNULL
+    )
+    listener.close()
+    try:
+        pod = net.pod()
+        call_env = {"LOXI_CNI_SOCKET": path, "LOXI_CNI_STATE_DIR": str(tmp_path / "state")}
+        assert net.call("ADD", pod, net.conf(), env=call_env).rc == 0
+        out = subprocess.run(
+            [PLUGIN, "status", "--json", "--socket", path],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        ).stdout
+        assert json.loads(out)["requestsServed"] == 1
+        assert net.call("DEL", pod, net.conf(), env=call_env).rc == 0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert os.path.exists(path)  # the socket belongs to systemd: the agent leaves it
