@@ -228,6 +228,9 @@ class BridgePlugin:
         record.state = records.READY
         record.host_veth = result.interfaces[1].name
         record.ips = [str(ip.address) for ip in result.ips]
+        record.mac = result.interfaces[2].mac
+        record.mtu = result.interfaces[2].mtu or 0
+        record.gateways = [str(ip.gateway) for ip in result.ips if ip.gateway is not None]
         records.save(record)
         return result
 
@@ -528,19 +531,33 @@ class BridgePlugin:
 
     # ------------------------------------------------------------------------------ GC
     def gc(self, req: Request) -> None:
+        """Release every attachment of the network that is not in the valid list.
+
+        Each stale attachment is torn down under its own lock (masquerade, host veth, record,
+        lock file); then the store releases every reservation not valid, including ones the
+        reference plugin made.
+        """
         cfg = load_config(req)
         valid = _valid_attachments(req.config)
-        for container_id, ifname in masq.masqueraded_attachments(cfg.network) - valid:
-            masq.remove_masquerade(cfg.network, container_id, ifname)
-        Ipam(req, cfg.ipam_type).gc(valid)
-        for record in records.all_records():
-            if record.network == cfg.network and (record.container_id, record.ifname) not in valid:
-                records.remove(record.network, record.container_id, record.ifname)
+        stale = masq.masqueraded_attachments(cfg.network)
+        stale |= {
+            (r.container_id, r.ifname) for r in records.all_records() if r.network == cfg.network
+        }
         with IPRoute() as host, kernel_errors("GC of host veths"):
+            veths: dict[tuple[str, str], list[int]] = {}
             for link in links.dump(host):
                 owner = naming.parse_alias(link.alias)
-                if owner and owner[0] == cfg.network and (owner[1], owner[2]) not in valid:
-                    links.delete(host, link.index)
+                if owner and owner[0] == cfg.network:
+                    veths.setdefault((owner[1], owner[2]), []).append(link.index)
+            stale |= set(veths)
+            for container_id, ifname in sorted(stale - valid):
+                with attachment_lock(cfg.network, container_id, ifname) as lock:
+                    masq.remove_masquerade(cfg.network, container_id, ifname)
+                    for index in veths.get((container_id, ifname), []):
+                        links.delete(host, index)
+                    records.remove(cfg.network, container_id, ifname)
+                    lock.remove_on_release = True
+        Ipam(req, cfg.ipam_type).gc(valid)
 
     # -------------------------------------------------------------------------- STATUS
     def status(self, req: Request) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 from pathlib import Path
@@ -188,6 +189,9 @@ def test_gc_releases_exactly_the_stale_attachments(net: Net) -> None:
     ).stdout
     assert keep.container_id in table
     assert pods[1].container_id not in table and pods[2].container_id not in table
+    for pod in pods[1:]:  # nothing of a collected attachment is left, not even its lock file
+        key = hashlib.sha256(f"{net.name}\0{pod.container_id}\0eth0".encode()).hexdigest()[:32]
+        assert not Path(f"/run/loxi-cni/locks/{key}").exists()
     assert net.call("DEL", keep, conf).rc == 0
 
 
