@@ -584,6 +584,7 @@ def bench_session(args: argparse.Namespace) -> Iterator[Bench]:
     ok = False
     try:
         yield bench
+        check_host_dirs(bench)
         ok = True
     finally:
         bench.close(keep=not ok)
@@ -653,7 +654,7 @@ def compare(args: argparse.Namespace) -> int:
             bench.warm_up(mode)
         floor = harness_floor()
         print(
-            f"warmed up {', '.join(m.title for m in modes)}; {args.rounds} rounds of "
+            f"warmed up {', '.join(m.title for m in modes)}; {args.rounds} round(s) of "
             f"{dict(args.plan)} pods per concurrency level",
             flush=True,
         )
@@ -713,7 +714,7 @@ def report(
         f"**{dt.date.today().isoformat()}**, {machine()}",
         "",
         f"{versions(args.plugin)}. Config: bridge, isGateway, host-local /20, cniVersion "
-        f"{CNI_VERSION}; every call a fresh exec from a thread pool; {args.rounds} rounds "
+        f"{CNI_VERSION}; every call a fresh exec from a thread pool; {args.rounds} round(s) "
         f"alternating the modes, {plan} per round and mode. Run time {seconds:.0f} s.",
         "",
         "| " + " | ".join(head) + " |",

@@ -73,9 +73,10 @@ def reconcile() -> ReconcileReport:
         for record in list(records.all_records()):
             name = f"{record.network}/{record.container_id}/{record.ifname}"
             # The lock waits out an ADD or DEL in flight for this attachment; then decide.
-            with attachment_lock(record.network, record.container_id, record.ifname):
+            with attachment_lock(record.network, record.container_id, record.ifname) as lock:
                 current = records.load(record.key)
-                if current is None:
+                if current is None:  # DELeted meanwhile
+                    lock.remove_on_release = True
                     continue
                 if _alive(ipr, current):
                     report.kept += 1
@@ -95,8 +96,9 @@ def reconcile() -> ReconcileReport:
             owner = naming.parse_alias(link.alias)
             if owner is None or owner[0] not in known:
                 continue
-            with attachment_lock(*owner):
+            with attachment_lock(*owner) as lock:
                 if records.load(records.record_key(*owner)) is None:
+                    lock.remove_on_release = True
                     links.delete(ipr, link.index)
                     report.orphan_veths.append(link.name)
                     log.info("reconcile: deleted orphan host veth %s", link.name)
