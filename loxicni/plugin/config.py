@@ -70,14 +70,17 @@ def _bool(conf: Mapping[str, Any], key: str, default: bool = False) -> bool:
     return value
 
 
-def _int(conf: Mapping[str, Any], key: str, low: int, high: int, default: int = 0) -> int:
+def _int(
+    conf: Mapping[str, Any], key: str, low: int, high: int, default: int = 0, where: str = ""
+) -> int:
     value = conf.get(key, default)
     if value is None:
         return default
+    field = f"{where}.{key}" if where else key
     if isinstance(value, bool) or not isinstance(value, int):
-        raise _invalid(key, f"must be a number, not {value!r}")
+        raise _invalid(field, f"must be a number, not {value!r}")
     if not low <= value <= high:
-        raise _invalid(key, f"{value} is outside {low}..{high}")
+        raise _invalid(field, f"{value} is outside {low}..{high}")
     return value
 
 
@@ -118,10 +121,11 @@ def _vlan_trunk(conf: Mapping[str, Any]) -> tuple[tuple[int, int], ...]:
         if not isinstance(item, dict):
             raise _invalid(where, "must be an object")
         if "id" in item:
-            vid = _int(item, "id", 1, 4094)
+            vid = _int(item, "id", 1, 4094, where=where)
             out.append((vid, vid))
         elif "minID" in item or "maxID" in item:
-            low, high = _int(item, "minID", 1, 4094), _int(item, "maxID", 1, 4094)
+            low = _int(item, "minID", 1, 4094, where=where)
+            high = _int(item, "maxID", 1, 4094, where=where)
             if low > high:
                 raise _invalid(where, f"minID {low} is greater than maxID {high}")
             out.append((low, high))

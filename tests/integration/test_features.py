@@ -223,3 +223,41 @@ def test_status(net: Net, tmp_path: Path) -> None:
     down.chmod(0o755)
     res = run_plugin("STATUS", net.conf(ipam={"type": "down-ipam"}), path=cni_path)
     assert res.rc != 0 and res.json["code"] == 50 and res.json["msg"] == "pool offline"
+
+
+def test_prev_result_of_an_earlier_plugin_is_merged(net: Net) -> None:
+    pod = net.pod()
+    earlier = {
+        "cniVersion": "1.1.0",
+        "interfaces": [{"name": "lo", "sandbox": pod.path}],
+        "ips": [{"address": "127.0.0.1/8", "interface": 0}],
+        "dns": {"nameservers": ["10.96.0.10"]},
+    }
+    conf = net.conf(prevResult=earlier)
+    res = net.call("ADD", pod, conf)
+    assert res.rc == 0, res.stdout
+    out = res.json
+    assert [i["name"] for i in out["interfaces"]][0] == "lo"
+    assert out["interfaces"][3]["name"] == "eth0"
+    assert out["ips"][0] == {"address": "127.0.0.1/8", "interface": 0}
+    assert out["ips"][1]["interface"] == 3
+    assert out["dns"] == {"nameservers": ["10.96.0.10"]}
+    assert net.call("DEL", pod, conf).rc == 0
+
+
+def test_log_file_bridge_mac_pinned_and_forwarding(net: Net, tmp_path: Path) -> None:
+    log = tmp_path / "loxi.log"
+    conf = net.conf(logFile=str(log))
+    a, b = net.pod(), net.pod()
+    ra = net.call("ADD", a, conf)
+    assert ra.rc == 0
+    bridge_mac = ra.json["interfaces"][0]["mac"]
+    assert net.call("ADD", b, conf).rc == 0
+    assert net.call("DEL", a, conf).rc == 0
+    # the bridge keeps the MAC it was created with while ports come and go
+    assert host_links()[net.bridge].get("IFLA_ADDRESS") == bridge_mac
+    assert Path("/proc/sys/net/ipv4/ip_forward").read_text().strip() == "1"
+    assert net.call("DEL", b, conf).rc == 0
+    text = log.read_text()
+    assert f"ADD {net.name} {a.container_id}/eth0: 10.99.0.2/24" in text
+    assert f"DEL {net.name} {b.container_id}/eth0" in text
