@@ -64,12 +64,18 @@ runtimes-deps:
 test-runtimes: install dev runtimes-deps
 	LOXI_CNI_BIN=$(CNI_BIN_DIR)/loxi-cni $(DEV_VENV)/bin/pytest -q tests/runtimes
 
-# The real Kubernetes control plane of tests/k8s (etcd, kube-apiserver, kube-controller-manager,
-# kubectl), built from the Go module proxy into /var/cache/loxi-cni on first use (cold: see
-# scripts/k8s/build.sh), then reused. LOXI_K8S_REQUIRED=1: a missing binary fails, never skips.
+# The real Kubernetes of tests/k8s (etcd, kube-apiserver, kube-controller-manager, kubectl,
+# kubelet), built from the Go module proxy into /var/cache/loxi-cni on first use (~10 min cold
+# on 2 cores), then reused. LOXI_K8S_REQUIRED=1: a missing binary fails, never skips.
 .PHONY: k8s-deps test-k8s
 k8s-deps:
 	@bash scripts/k8s/build.sh
 
 test-k8s: dev k8s-deps
 	LOXI_K8S_REQUIRED=1 $(DEV_VENV)/bin/pytest -q tests/k8s
+
+# The agent's Kubernetes mode end to end: the real control plane, deploy/'s manifests, pod
+# sandboxes through containerd's CRI and direct execs (tests/k8s). A missing binary fails.
+.PHONY: e2e
+e2e: install dev k8s-deps runtimes-deps
+	LOXI_K8S_REQUIRED=1 LOXI_CNI_BIN=$(CNI_BIN_DIR)/loxi-cni $(DEV_VENV)/bin/pytest -q tests/k8s

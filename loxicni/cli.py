@@ -5,8 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 from loxicni.cni.version import SUPPORTED_VERSIONS
+from loxicni.k8s.options import (
+    DEFAULT_CONF_DIR,
+    DEFAULT_CONF_NAME,
+    DEFAULT_GRACE_PERIOD,
+    DEFAULT_RESYNC,
+    KubeOptions,
+    default_node_name,
+)
 
 DEFAULT_METRICS = "127.0.0.1:9617"
 
@@ -27,12 +36,30 @@ def _version(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kube_options(args: argparse.Namespace) -> KubeOptions | None:
+    """Kubernetes mode is on with --kubeconfig or --in-cluster."""
+    if not args.kubeconfig and not args.in_cluster:
+        return None
+    if args.kubeconfig and args.in_cluster:
+        raise SystemExit("loxi-cni agent: --kubeconfig and --in-cluster exclude each other")
+    return KubeOptions(
+        node_name=args.node_name or default_node_name(),
+        kubeconfig=args.kubeconfig or None,
+        conf_dir=Path(args.cni_conf_dir) if args.cni_conf_dir else None,
+        conf_name=args.cni_conf_name,
+        conf_template=Path(args.cni_conf_template) if args.cni_conf_template else None,
+        grace_period=args.grace_period,
+        resync=args.resync,
+    )
+
+
 def _agent(args: argparse.Namespace) -> int:
     from loxicni.agent.server import run_agent
     from loxicni.logs import setup_logging
 
+    kube = _kube_options(args)
     setup_logging()
-    return run_agent(args.socket, None if args.metrics in ("", "off") else args.metrics)
+    return run_agent(args.socket, None if args.metrics in ("", "off") else args.metrics, kube)
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -75,6 +102,52 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics",
         default=DEFAULT_METRICS,
         help="host:port for Prometheus metrics, or 'off' (default %(default)s)",
+    )
+    kube = p.add_argument_group(
+        "Kubernetes mode",
+        "with --kubeconfig or --in-cluster: watch this node's Pods, write the CNI config from "
+        "the Node's pod CIDRs, keep a PodNetworkInterface per attachment and the Pods' "
+        "network-status annotation, release attachments of Pods gone without a DEL",
+    )
+    kube.add_argument("--kubeconfig", metavar="FILE", help="reach the API server with this")
+    kube.add_argument(
+        "--in-cluster", action="store_true", help="use the pod's ServiceAccount (a DaemonSet)"
+    )
+    kube.add_argument(
+        "--node-name", metavar="NAME", help="this node (default: $NODE_NAME, else the hostname)"
+    )
+    kube.add_argument(
+        "--cni-conf-dir",
+        default=DEFAULT_CONF_DIR,
+        metavar="DIR",
+        help="write the node's CNI config here, '' to leave it alone (default %(default)s)",
+    )
+    kube.add_argument(
+        "--cni-conf-name",
+        default=DEFAULT_CONF_NAME,
+        metavar="FILE",
+        help="the config's file name (default %(default)s)",
+    )
+    kube.add_argument(
+        "--cni-conf-template",
+        metavar="FILE",
+        help="the operator's config (a .conf or .conflist, e.g. from a ConfigMap); the Node's "
+        "pod CIDRs become its host-local ranges (default: a built-in bridge config)",
+    )
+    kube.add_argument(
+        "--grace-period",
+        type=float,
+        default=DEFAULT_GRACE_PERIOD,
+        metavar="SECONDS",
+        help="release an attachment whose Pod is gone after this long without a DEL "
+        "(default %(default)s)",
+    )
+    kube.add_argument(
+        "--resync",
+        type=float,
+        default=DEFAULT_RESYNC,
+        metavar="SECONDS",
+        help="full resync of the custom resources this often (default %(default)s)",
     )
     p.set_defaults(func=_agent)
     p = sub.add_parser("status", help="is the agent up: version, uptime, requests, attachments")

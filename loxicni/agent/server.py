@@ -1,6 +1,6 @@
 """The node agent: serves CNI requests from the thin client over a unix socket.
 
-One thread per connection runs the same plugin code as the in-process path, with pyroute2 and
+One thread per connection runs the same plugin code as the in-process path, with the netlink and
 the IPAM code already imported. The socket is root-only twice over: mode 0600, and the peer's
 credentials (SO_PEERCRED) must be uid 0. Bad requests (malformed, oversized, a client that
 vanishes mid-request) get an error or a closed connection; the agent keeps serving.
@@ -20,8 +20,9 @@ import socketserver
 import struct
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from loxicni.agent import state
 from loxicni.agent.metrics import Metrics
@@ -33,6 +34,9 @@ from loxicni.net.reaper import LinkReaper
 from loxicni.plugin import records
 from loxicni.plugin.bridge import BridgePlugin
 from loxicni.plugin.config import KNOWN_ARGS
+
+if TYPE_CHECKING:
+    from loxicni.k8s.options import KubeOptions
 
 log = logging.getLogger("loxi-cni.agent")
 
@@ -121,10 +125,16 @@ def _error_bytes(code: int, msg: str) -> bytes:
     return (json.dumps(CniError(code, msg).to_json("1.1.0")) + "\n").encode()
 
 
+# Told of every ADD and DEL served successfully: (command, env).
+AttachmentListener = Callable[[str, dict[str, str]], None]
+
+
 @dataclass
 class AgentState:
     metrics: Metrics
     version: str
+    # More sections of the status answer, e.g. "kubernetes" in Kubernetes mode.
+    sections: dict[str, Callable[[], dict[str, Any]]] = field(default_factory=dict)
 
     def status(self) -> dict[str, Any]:
         attachments = list(records.all_records())
@@ -136,6 +146,7 @@ class AgentState:
             "requestsServed": self.metrics.served(),
             "attachments": len(attachments),
             "addressesInUse": state.addresses_per_network(),
+            **{name: section() for name, section in self.sections.items()},
         }
 
 
@@ -185,6 +196,7 @@ class AgentServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     def __init__(self, path: str, agent: AgentState, listen_fd: int | None = None) -> None:
         self.agent = agent
         self.reaper = LinkReaper()
+        self.listeners: list[AttachmentListener] = []
         if listen_fd is not None:  # systemd socket activation: the socket is ready-made
             super().__init__(path, Handler, bind_and_activate=False)
             self.socket.close()
@@ -218,6 +230,9 @@ class AgentServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             except (ValueError, KeyError, TypeError):
                 error_code = Code.INTERNAL
         self.agent.metrics.observe(command, time.perf_counter() - start, error_code)
+        if code == 0 and command in ("ADD", "DEL"):
+            for listener in self.listeners:
+                listener(command, env)
         return code, out
 
 
@@ -252,8 +267,11 @@ def _systemd_listen_fd() -> int | None:
     return None
 
 
-def run_agent(socket_path: str, metrics_address: str | None) -> int:
-    """Reconcile, then serve until SIGTERM/SIGINT."""
+def run_agent(
+    socket_path: str, metrics_address: str | None, kube: KubeOptions | None = None
+) -> int:
+    """Reconcile, then serve until SIGTERM/SIGINT; with ``kube``, run the Kubernetes
+    controller too (imported only then: plugin mode never loads the Kubernetes client)."""
     for handler in logging.getLogger().handlers:
         handler.addFilter(ContainerFilter())
         handler.setFormatter(
@@ -273,6 +291,13 @@ def run_agent(socket_path: str, metrics_address: str | None) -> int:
     )
     server = AgentServer(socket_path, agent, _systemd_listen_fd())
     metrics = _metrics_server(metrics_address, agent) if metrics_address else None
+    if kube is not None:
+        from loxicni.k8s.controller import Controller
+
+        controller = Controller.from_options(kube, server.reaper)
+        server.listeners.append(controller.attachment_changed)
+        agent.sections["kubernetes"] = controller.status
+        controller.start()
     if metrics is not None:
         threading.Thread(target=metrics.serve_forever, name="metrics", daemon=True).start()
 

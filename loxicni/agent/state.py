@@ -15,14 +15,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyroute2 import IPRoute
-
 from loxicni.agent.metrics import PoolUsage
 from loxicni.cni import skel
 from loxicni.cni.errors import CniError
 from loxicni.ipam.config import parse_host_local
 from loxicni.ipam.store import Store
 from loxicni.net import links
+from loxicni.net.reaper import LinkReaper
+from loxicni.net.rtnl import Rtnl
 from loxicni.plugin import naming, records
 from loxicni.plugin.bridge import BridgePlugin
 from loxicni.plugin.config import KNOWN_ARGS
@@ -39,7 +39,7 @@ class ReconcileReport:
     orphan_veths: list[str] = field(default_factory=list)
 
 
-def _alive(ipr: IPRoute, record: records.Record) -> bool:
+def _alive(ipr: Rtnl, record: records.Record) -> bool:
     if record.state != records.READY or not record.host_veth:
         return False
     link = links.get(ipr, record.host_veth)
@@ -48,8 +48,8 @@ def _alive(ipr: IPRoute, record: records.Record) -> bool:
     )
 
 
-def _delete(record: records.Record) -> tuple[int, bytes]:
-    """DEL the attachment through the normal plugin path.
+def release(record: records.Record, reaper: LinkReaper | None = None) -> tuple[int, bytes]:
+    """DEL an attachment through the normal plugin path, with its recorded config.
 
     The recorded netns is passed when it still exists: an ADD killed between creating the
     veth pair and labelling its host end can only be found from the pod's side.
@@ -63,13 +63,14 @@ def _delete(record: records.Record) -> tuple[int, bytes]:
         "CNI_ARGS": record.cni_args,
         "CNI_PATH": ":".join(record.cni_path),
     }
-    return skel.run(BridgePlugin(), env, json.dumps(record.config).encode(), KNOWN_ARGS)
+    plugin = BridgePlugin(reaper=reaper)
+    return skel.run(plugin, env, json.dumps(record.config).encode(), KNOWN_ARGS)
 
 
 def reconcile() -> ReconcileReport:
     report = ReconcileReport()
     records.remove_stale_temp_files()
-    with IPRoute() as ipr:
+    with Rtnl() as ipr:
         for record in list(records.all_records()):
             name = f"{record.network}/{record.container_id}/{record.ifname}"
             # The lock waits out an ADD or DEL in flight for this attachment; then decide.
@@ -81,7 +82,7 @@ def reconcile() -> ReconcileReport:
                 if _alive(ipr, current):
                     report.kept += 1
                     continue
-            code, out = _delete(current)
+            code, out = release(current)
             if code == 0:
                 report.released.append(name)
                 log.info("reconcile: released %s (state %s)", name, current.state)

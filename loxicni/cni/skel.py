@@ -8,7 +8,6 @@ on the start-up path of every invocation, hence standard-library imports only.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -17,8 +16,9 @@ from loxicni.cni.request import Request, RequestError, parse_request
 from loxicni.cni.result import result_to_json
 from loxicni.cni.types import Result
 from loxicni.cni.version import LATEST, SUPPORTED_VERSIONS
+from loxicni.logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)  # imports logging only if something is logged
 
 
 class Handlers(Protocol):

@@ -48,16 +48,17 @@ import fcntl
 import hashlib
 import json
 import os
-import shutil
-import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, ip_address, ip_network
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import quote, unquote
 
 from loxicni.cni.errors import CniError, Code
+
+if TYPE_CHECKING:
+    import subprocess  # imported where nft runs: ~3 ms with shutil, at every start otherwise
 
 TABLE = "loxi-cni"
 LOCK_PATH = Path("/run/loxi-cni/nft.lock")
@@ -91,8 +92,7 @@ ip6 saddr . ip6 daddr != @local6 masquerade comment "{_RULE_COMMENTS[1]}"
 """
 
 
-@dataclass(frozen=True)
-class _Elem:
+class _Elem(NamedTuple):
     """One set element: enough to delete it (set + key) and to know whose it is."""
 
     set_name: str
@@ -109,8 +109,7 @@ class _Elem:
         return (self.set_name, parts, self.tag)
 
 
-@dataclass(frozen=True)
-class _State:
+class _State(NamedTuple):
     elems: list[_Elem]
     rules_ok: bool  # table, sets, chain and our rules are all in place
 
@@ -276,6 +275,8 @@ def _locked() -> Iterator[None]:
 
 
 def _nft_binary() -> str:
+    import shutil
+
     found = shutil.which("nft") or shutil.which("nft", path=SBIN_DIRS)
     if found is None:
         raise CniError(
@@ -287,6 +288,8 @@ def _nft_binary() -> str:
 
 
 def _run(args: list[str], stdin: str | None, what: str) -> subprocess.CompletedProcess[str]:
+    import subprocess
+
     cmd = [_nft_binary(), *args]
     try:
         return subprocess.run(

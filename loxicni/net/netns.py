@@ -7,18 +7,20 @@ well under a millisecond, where pyroute2's ``IPRoute(netns=...)`` forks a helper
 
 from __future__ import annotations
 
-import ctypes
+import _socket
 import errno
+import fcntl
 import os
-import socket
 import threading
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
+
+from loxicni.net import rtnl
 
 T = TypeVar("T")
 
 CLONE_NEWNET = 0x40000000
-NETLINK_ROUTE = 0
+NS_GET_NSTYPE = 0xB703  # ioctl of a namespace file: its CLONE_NEW* type (Linux 4.11+)
 
 
 class NetnsGone(Exception):
@@ -29,13 +31,20 @@ class NotANetns(Exception):
     """The path exists but is not a network namespace."""
 
 
+_libc: Any = None  # Python < 3.12: libc through ctypes, loaded on first use
+
+
 def _setns(fd: int) -> None:
     setns = getattr(os, "setns", None)  # Python 3.12+
     if setns is not None:
         setns(fd, CLONE_NEWNET)
         return
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
+    global _libc
+    import ctypes  # ~1 ms of start-up, so only where os.setns is missing
+
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 
@@ -49,8 +58,8 @@ def open_netns(path: str) -> int:
     except NotADirectoryError as exc:
         raise NetnsGone(path) from exc
     try:
-        run_in(fd, lambda: None)  # setns() refuses anything that is not a netns
-    except NotANetns:
+        _check_netns(fd)
+    except BaseException:
         os.close(fd)
         raise
     return fd
@@ -60,11 +69,22 @@ def adopt_netns(fd: int) -> int:
     """A private duplicate of a netns fd handed over by a client; NotANetns if not one."""
     own = os.dup(fd)
     try:
-        run_in(own, lambda: None)
+        _check_netns(own)
     except BaseException:
         os.close(own)
         raise
     return own
+
+
+def _check_netns(fd: int) -> None:
+    """NotANetns unless ``fd`` is a network namespace: one ioctl, not a thread's setns()."""
+    try:
+        kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
+    except OSError:  # not a namespace file (ENOTTY), or an old kernel: setns() decides
+        run_in(fd, lambda: None)
+        return
+    if kind != CLONE_NEWNET:
+        raise NotANetns(f"namespace type {kind:#x}, not a network namespace")
 
 
 def run_in(fd: int, fn: Callable[[], T]) -> T:
@@ -90,6 +110,6 @@ def run_in(fd: int, fn: Callable[[], T]) -> T:
     return box["value"]  # type: ignore[return-value]
 
 
-def netlink_socket_in(fd: int) -> socket.socket:
-    """A NETLINK_ROUTE socket bound to the netns ``fd``."""
-    return run_in(fd, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE))
+def netlink_socket_in(fd: int) -> _socket.socket:
+    """A NETLINK_ROUTE socket bound to the netns ``fd`` (for ``rtnl.Rtnl``)."""
+    return run_in(fd, rtnl.open_socket)

@@ -8,22 +8,20 @@ being torn down form the next one. A lone DEL is deleted at once, so latency nev
 
 from __future__ import annotations
 
-import errno
 import threading
-from dataclasses import dataclass, field
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from loxicni.net import links
+from loxicni.net.rtnl import NetlinkError, Rtnl
 
 GROUP_BASE = 0x4C58_0000  # "LX": link groups of our own, far from the usual small numbers
 
 
-@dataclass
 class _Batch:
-    group: int
-    count: int = 0
-    done: threading.Event = field(default_factory=threading.Event)
-    error: NetlinkError | None = None
+    def __init__(self, group: int) -> None:
+        self.group = group
+        self.count = 0
+        self.done = threading.Event()
+        self.error: NetlinkError | None = None
 
 
 class LinkReaper:
@@ -39,16 +37,12 @@ class LinkReaper:
         self._serial = (self._serial + 1) % 0x10000
         return _Batch(GROUP_BASE + self._serial)
 
-    def delete(self, ipr: IPRoute, index: int) -> bool:
+    def delete(self, ipr: Rtnl, index: int) -> bool:
         """Delete link ``index`` of ``ipr``'s netns; False if it was already gone."""
         with self._lock:
             batch = self._batch
-            try:
-                ipr.link("set", index=index, group=batch.group)
-            except NetlinkError as exc:
-                if exc.code in (errno.ENODEV, errno.ENOENT):
-                    return False
-                raise
+            if not links.set_group(ipr, index, batch.group):
+                return False
             batch.count += 1
             self._wake.set()
         batch.done.wait()
@@ -57,7 +51,7 @@ class LinkReaper:
         return True
 
     def _run(self) -> None:
-        with IPRoute() as ipr:
+        with Rtnl() as ipr:
             while True:
                 self._wake.wait()
                 with self._lock:
@@ -67,8 +61,7 @@ class LinkReaper:
                         continue
                     self._batch = self._new_batch()
                 try:
-                    ipr.link("del", group=batch.group)
+                    links.delete_group(ipr, batch.group)
                 except NetlinkError as exc:
-                    if exc.code not in (errno.ENODEV, errno.ENOENT):
-                        batch.error = exc
+                    batch.error = exc
                 batch.done.set()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,22 +16,20 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
 from loxicni.cni.errors import CniError, Code
 from loxicni.cni.request import Request
 from loxicni.cni.result import result_from_json
 from loxicni.cni.types import DNS, Interface, IPAddress, IPConfig, Result, Route
-from loxicni.logs import add_log_file
+from loxicni.logs import add_log_file, get_logger
 from loxicni.net import ipconf, links, masq, netns, sysctl
 from loxicni.net.reaper import LinkReaper
+from loxicni.net.rtnl import NetlinkError, Rtnl
 from loxicni.plugin import naming, records
 from loxicni.plugin.config import BridgeConfig, parse_config
 from loxicni.plugin.ipam import Ipam
 from loxicni.plugin.locks import attachment_lock
 
-log = logging.getLogger("loxi-cni")
+log = get_logger("loxi-cni")  # imports logging only if something is logged
 
 DEFAULT_V4 = ipaddress.ip_network("0.0.0.0/0")
 DEFAULT_V6 = ipaddress.ip_network("::/0")
@@ -54,7 +51,7 @@ def kernel_errors(what: str) -> Iterator[None]:
     try:
         yield
     except NetlinkError as exc:
-        raise CniError(Code.KERNEL_ERROR, f"{what}: {os.strerror(exc.code)}", str(exc)) from exc
+        raise CniError(Code.KERNEL_ERROR, f"{what}: {os.strerror(exc.errno)}", str(exc)) from exc
     except OSError as exc:
         raise CniError(Code.IO_FAILURE, f"{what}: {exc.strerror or exc}") from exc
 
@@ -93,7 +90,7 @@ class Sandbox:
             raise CniError(Code.IO_FAILURE, f"cannot open netns {path}: {exc.strerror}") from exc
         self.path = path
         try:
-            self.ipr = IPRoute(use_socket=netns.netlink_socket_in(self.fd))
+            self.ipr = Rtnl(netns.netlink_socket_in(self.fd))
         except BaseException:
             os.close(self.fd)
             raise
@@ -184,7 +181,7 @@ class BridgePlugin:
         ipam = Ipam(req, cfg.ipam_type)  # validates the IPAM config before anything is touched
         with attachment_lock(cfg.network, req.container_id, req.ifname) as lock:
             try:
-                with IPRoute() as host, self._sandbox(req) as sandbox:
+                with Rtnl() as host, self._sandbox(req) as sandbox:
                     result = self._add_locked(req, cfg, ipam, host, sandbox)
             except BaseException:
                 lock.remove_on_release = True
@@ -192,7 +189,7 @@ class BridgePlugin:
         return _merge(cfg.prev_result, result)
 
     def _add_locked(
-        self, req: Request, cfg: BridgeConfig, ipam: Ipam, host: IPRoute, sandbox: Sandbox
+        self, req: Request, cfg: BridgeConfig, ipam: Ipam, host: Rtnl, sandbox: Sandbox
     ) -> Result:
         with kernel_errors(f"looking up {req.ifname} in {req.netns}"):
             if links.get(sandbox.ipr, req.ifname) is not None:
@@ -232,6 +229,15 @@ class BridgePlugin:
         record.mtu = result.interfaces[2].mtu or 0
         record.gateways = [str(ip.gateway) for ip in result.ips if ip.gateway is not None]
         records.save(record)
+        log.info(
+            "ADD %s %s/%s: %s via %s on %s",
+            cfg.network,
+            req.container_id,
+            req.ifname,
+            " ".join(record.ips),
+            record.host_veth,
+            cfg.bridge,
+        )
         return result
 
     def _add(
@@ -239,7 +245,7 @@ class BridgePlugin:
         req: Request,
         cfg: BridgeConfig,
         ipam: Ipam,
-        host: IPRoute,
+        host: Rtnl,
         sandbox: Sandbox,
         undo: Undo,
     ) -> Result:
@@ -264,7 +270,7 @@ class BridgePlugin:
             pod = links.get(sandbox.ipr, req.ifname)
             if pod is None:
                 raise CniError(Code.KERNEL_ERROR, f"{req.ifname} vanished from {req.netns}")
-            sandbox.ipr.link("set", index=pod.index, state="up")
+            links.set_up(sandbox.ipr, pod.index)
             for ip in ips:
                 ipconf.add_address(sandbox.ipr, pod.index, ip.address, dad=cfg.enable_dad)
             for route in routes:
@@ -293,21 +299,21 @@ class BridgePlugin:
             dns=allocated.dns if not allocated.dns.is_empty() else DNS(),
         )
 
-    def _ensure_bridge(self, host: IPRoute, cfg: BridgeConfig) -> links.Link:
+    def _ensure_bridge(self, host: Rtnl, cfg: BridgeConfig) -> links.Link:
         vlan_filtering = bool(cfg.vlan or cfg.vlan_trunk)
         try:
             bridge, _ = links.ensure_bridge(
                 host, cfg.bridge, mtu=cfg.mtu, promisc=cfg.promisc, vlan_filtering=vlan_filtering
             )
         except NetlinkError as exc:
-            if vlan_filtering and exc.code == errno.EOPNOTSUPP:
+            if vlan_filtering and exc.errno == errno.EOPNOTSUPP:
                 raise CniError(
                     Code.KERNEL_UNSUPPORTED,
                     f"VLAN {cfg.vlan or 'trunk'} requested, but this kernel lacks bridge VLAN "
                     f"filtering (enabling vlan_filtering on {cfg.bridge}: operation not supported)",
                 ) from exc
             raise CniError(
-                Code.KERNEL_ERROR, f"setting up bridge {cfg.bridge}: {os.strerror(exc.code)}"
+                Code.KERNEL_ERROR, f"setting up bridge {cfg.bridge}: {os.strerror(exc.errno)}"
             ) from exc
         return bridge
 
@@ -315,7 +321,7 @@ class BridgePlugin:
         self,
         req: Request,
         cfg: BridgeConfig,
-        host: IPRoute,
+        host: Rtnl,
         sandbox: Sandbox,
         bridge: links.Link,
         undo: Undo,
@@ -332,9 +338,9 @@ class BridgePlugin:
                     peer_mac=cfg.mac,
                 )
             except NetlinkError as exc:
-                if exc.code != errno.EEXIST:
+                if exc.errno != errno.EEXIST:
                     raise CniError(
-                        Code.KERNEL_ERROR, f"creating veth {name}: {os.strerror(exc.code)}"
+                        Code.KERNEL_ERROR, f"creating veth {name}: {os.strerror(exc.errno)}"
                     ) from exc
                 if links.get(sandbox.ipr, req.ifname) is not None:  # lost a race for the ifname
                     raise CniError(
@@ -351,7 +357,7 @@ class BridgePlugin:
         raise CniError(Code.KERNEL_ERROR, "no free host veth name", f"alias {alias}")
 
     def _gateway_on_bridge(
-        self, host: IPRoute, cfg: BridgeConfig, bridge: links.Link, ips: list[IPConfig]
+        self, host: Rtnl, cfg: BridgeConfig, bridge: links.Link, ips: list[IPConfig]
     ) -> None:
         with kernel_errors(f"adding the gateway address to {bridge.name}"):
             for ip in ips:
@@ -382,12 +388,13 @@ class BridgePlugin:
     def delete(self, req: Request) -> None:
         cfg = load_config(req)
         with attachment_lock(cfg.network, req.container_id, req.ifname) as lock:
-            with IPRoute() as host:
+            with Rtnl() as host:
                 self._teardown(req, cfg, Ipam(req, cfg.ipam_type), host, pod_link=True)
             lock.remove_on_release = True
+        log.info("DEL %s %s/%s", cfg.network, req.container_id, req.ifname)
 
     def _teardown(
-        self, req: Request, cfg: BridgeConfig, ipam: Ipam, host: IPRoute, *, pod_link: bool
+        self, req: Request, cfg: BridgeConfig, ipam: Ipam, host: Rtnl, *, pod_link: bool
     ) -> None:
         """Remove everything of the attachment; each step tolerates its part being gone.
 
@@ -417,7 +424,7 @@ class BridgePlugin:
                 links.delete(sandbox.ipr, pod.index)
 
     def _delete_host_veths(
-        self, host: IPRoute, cfg: BridgeConfig, container_id: str, ifname: str
+        self, host: Rtnl, cfg: BridgeConfig, container_id: str, ifname: str
     ) -> bool:
         """Delete the host veths of this attachment; False if there was none."""
         alias = naming.alias(cfg.network, container_id, ifname)
@@ -442,7 +449,7 @@ class BridgePlugin:
             raise CniError(Code.INVALID_CONFIG, "CHECK needs a prevResult")
         with attachment_lock(cfg.network, req.container_id, req.ifname):
             held = Ipam(req, cfg.ipam_type).check()
-            with IPRoute() as host, self._sandbox(req) as sandbox, kernel_errors("CHECK"):
+            with Rtnl() as host, self._sandbox(req) as sandbox, kernel_errors("CHECK"):
                 self._check(req, cfg, prev, held, host, sandbox)
 
     def _check(
@@ -451,7 +458,7 @@ class BridgePlugin:
         cfg: BridgeConfig,
         prev: Result,
         held: list[IPAddress] | None,
-        host: IPRoute,
+        host: Rtnl,
         sandbox: Sandbox,
     ) -> None:
         def fail(what: str) -> CniError:
@@ -519,7 +526,7 @@ class BridgePlugin:
                 if gw not in on_bridge:
                     raise fail(f"bridge {cfg.bridge} lacks gateway address {gw}")
 
-    def _find_host_veth(self, host: IPRoute, cfg: BridgeConfig, req: Request) -> links.Link | None:
+    def _find_host_veth(self, host: Rtnl, cfg: BridgeConfig, req: Request) -> links.Link | None:
         alias = naming.alias(cfg.network, req.container_id, req.ifname)
         for name in naming.candidates(cfg.veth_prefix, cfg.network, req.container_id, req.ifname):
             link = links.get(host, name)
@@ -543,7 +550,7 @@ class BridgePlugin:
         stale |= {
             (r.container_id, r.ifname) for r in records.all_records() if r.network == cfg.network
         }
-        with IPRoute() as host, kernel_errors("GC of host veths"):
+        with Rtnl() as host, kernel_errors("GC of host veths"):
             veths: dict[tuple[str, str], list[int]] = {}
             for link in links.dump(host):
                 owner = naming.parse_alias(link.alias)

@@ -37,6 +37,11 @@ class Record:
     state: str = ADDING
     host_veth: str = ""
     ips: list[str] = field(default_factory=list)
+    # The pod interface as ADD left it, for the agent's Kubernetes resources (the pod's netns
+    # may not be reachable from the agent later). Absent from records of older versions.
+    mac: str = ""
+    mtu: int = 0
+    gateways: list[str] = field(default_factory=list)
 
     @property
     def key(self) -> str:

@@ -237,7 +237,7 @@ def test_prev_result_of_an_earlier_plugin_is_merged(net: Net) -> None:
     res = net.call("ADD", pod, conf)
     assert res.rc == 0, res.stdout
     out = res.json
-    assert [i["name"] for i in out["interfaces"]][0] == "lo"
+    assert out["interfaces"][0]["name"] == "lo"
     assert out["interfaces"][3]["name"] == "eth0"
     assert out["ips"][0] == {"address": "127.0.0.1/8", "interface": 0}
     assert out["ips"][1]["interface"] == 3

@@ -17,6 +17,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from loxicni.net import links
 from loxicni.net.links import BRIDGE_VLAN_INFO_PVID, BRIDGE_VLAN_INFO_UNTAGGED, VlanOp
+from loxicni.net.rtnl import Rtnl
 
 
 def test_access_port_is_pvid_untagged() -> None:
@@ -55,36 +56,38 @@ def _kernel_has_vlan_filtering(ipr: IPRoute, name: str) -> bool:
 
 
 @pytest.fixture
-def port() -> Iterator[tuple[IPRoute, str]]:
+def port() -> Iterator[tuple[Rtnl, IPRoute, str]]:
+    """Our handle, pyroute2's (the oracle) and a free bridge name."""
     tag = uuid.uuid4().hex[:6]
     bridge, veth = f"vtbr{tag}", f"vtp{tag}"
-    ipr = IPRoute()
+    ours, ipr = Rtnl(), IPRoute()
     try:
-        yield ipr, bridge
+        yield ours, ipr, bridge
     finally:
         for name in (veth, bridge):
             subprocess.run(["ip", "link", "del", name], capture_output=True)
         ipr.close()
+        ours.close()
 
 
-def test_vlan_on_the_kernel(port: tuple[IPRoute, str]) -> None:
-    ipr, bridge = port
+def test_vlan_on_the_kernel(port: tuple[Rtnl, IPRoute, str]) -> None:
+    ours, ipr, bridge = port
     supported = _kernel_has_vlan_filtering(ipr, bridge)
     if not supported:
         # This kernel: the bridge is refused atomically (nothing created), so the plugin can
         # report code 100 and leave nothing behind.
-        with pytest.raises(NetlinkError) as err:
-            links.ensure_bridge(ipr, bridge, mtu=0, promisc=False, vlan_filtering=True)
-        assert err.value.code == errno.EOPNOTSUPP
-        assert links.get(ipr, bridge) is None
+        with pytest.raises(OSError) as err:
+            links.ensure_bridge(ours, bridge, mtu=0, promisc=False, vlan_filtering=True)
+        assert err.value.errno == errno.EOPNOTSUPP
+        assert links.get(ours, bridge) is None
         return
-    br, _ = links.ensure_bridge(ipr, bridge, mtu=0, promisc=False, vlan_filtering=True)
+    br, _ = links.ensure_bridge(ours, bridge, mtu=0, promisc=False, vlan_filtering=True)
     veth = bridge.replace("vtbr", "vtp")
     ipr.link("add", ifname=veth, kind="veth", peer={"ifname": veth + "x"})
-    port_link = links.get(ipr, veth)
+    port_link = links.get(ours, veth)
     assert port_link is not None
-    links.attach_port(ipr, port_link.index, br.index, alias="t", hairpin=False)
-    links.apply_vlan_ops(ipr, port_link.index, links.port_vlan_ops(100, (), False))
+    links.attach_port(ours, port_link.index, br.index, alias="t", hairpin=False)
+    links.apply_vlan_ops(ours, port_link.index, links.port_vlan_ops(100, (), False))
     shown = subprocess.run(
         ["bridge", "vlan", "show", "dev", veth], capture_output=True, text=True, check=True
     ).stdout

@@ -1,0 +1,129 @@
+"""The few API calls the controller makes, on one lightkube client.
+
+Pods are annotated through their ``status`` subresource, like the kubelet (and Multus) write
+a pod's status: the agent's role then needs ``patch`` on ``pods/status`` only, never on
+``pods`` (which would let it change any pod's spec). Every patch carries the Pod's UID as a
+precondition, so a Pod recreated under the same name is never annotated with the old one's
+interfaces.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import httpx2 as httpx
+from lightkube import ApiError, Client, KubeConfig
+from lightkube.generic_resource import create_namespaced_resource
+from lightkube.resources.core_v1 import Node, Pod, PodStatus
+from lightkube.types import PatchType
+
+from loxicni.k8s import attachments
+from loxicni.k8s.watcher import SERVER_TIMEOUT
+
+FIELD_MANAGER = "loxi-cni-agent"
+REQUEST_TIMEOUT = 10.0
+
+PodNetworkInterface = create_namespaced_resource(
+    attachments.GROUP, attachments.VERSION, attachments.KIND, attachments.PLURAL
+)
+
+__all__ = ["FIELD_MANAGER", "Api", "ApiError", "Node", "Pod", "PodNetworkInterface", "connect"]
+
+
+def _quiet_http_logs() -> None:
+    """httpx logs every request at INFO: a line per watch and list would drown the agent's."""
+    for name in ("httpx", "httpx2", "httpcore", "httpcore2"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def connect(kubeconfig: str | None) -> Client:
+    """A client from a kubeconfig file, or in-cluster (the pod's ServiceAccount token, re-read
+    when it rotates)."""
+    _quiet_http_logs()
+    config = KubeConfig.from_file(kubeconfig) if kubeconfig else KubeConfig.from_service_account()
+    client = Client(
+        config=config,
+        timeout=httpx.Timeout(REQUEST_TIMEOUT),
+        field_manager=FIELD_MANAGER,
+        trust_env=False,
+    )
+    # lightkube reads watch streams without a timeout; a connection that dies silently (a
+    # node losing its route to the API server) would then stall the watch forever. The server
+    # ends every watch after SERVER_TIMEOUT, so waiting a little longer than that is safe.
+    client._client._watch_timeout = httpx.Timeout(REQUEST_TIMEOUT, read=SERVER_TIMEOUT + 30)
+    return client
+
+
+class Api:
+    def __init__(self, client: Client, node: str) -> None:
+        self.client = client
+        self.node = node
+
+    def apply_interface(self, body: dict[str, Any]) -> None:
+        """Create or update a PodNetworkInterface (server-side apply: one call either way)."""
+        obj = PodNetworkInterface(**body)
+        self.client.apply(obj, field_manager=FIELD_MANAGER, force=True)
+
+    def delete_interface(self, namespace: str, name: str) -> None:
+        """Delete a PodNetworkInterface; one already gone is fine."""
+        try:
+            self.client.delete(PodNetworkInterface, name, namespace=namespace)
+        except ApiError as exc:
+            if exc.status.code != 404:
+                raise
+
+    def mark_interface(self, namespace: str, name: str, state: str) -> bool:
+        """Set an existing PodNetworkInterface's state; False if it is gone. A patch, never an
+        apply: an Orphaned one's owner is gone, and recreating it would only feed the GC."""
+        patch = {"status": {"state": state}}
+        try:
+            self.client.patch(
+                PodNetworkInterface, name, patch, namespace=namespace, patch_type=PatchType.MERGE
+            )
+        except ApiError as exc:
+            if exc.status.code == 404:
+                return False
+            raise
+        return True
+
+    def interfaces(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """This node's PodNetworkInterfaces, by (namespace, name)."""
+        out: dict[tuple[str, str], dict[str, Any]] = {}
+        selector: dict[str, Any] = {attachments.NODE_LABEL: attachments.node_label(self.node)}
+        for obj in self.client.list(PodNetworkInterface, namespace="*", labels=selector):
+            data = dict(obj)
+            meta = data.get("metadata") or {}
+            out[(meta.get("namespace", ""), meta.get("name", ""))] = data
+        return out
+
+    def pod_uid(self, namespace: str, name: str) -> str | None:
+        """The UID of the Pod now called ``namespace/name``, or None if there is none."""
+        try:
+            pod = self.client.get(Pod, name, namespace=namespace)
+        except ApiError as exc:
+            if exc.status.code == 404:
+                return None
+            raise
+        return pod.metadata.uid if pod.metadata else None
+
+    def annotate_network_status(
+        self, namespace: str, name: str, uid: str, status: list[dict[str, Any]]
+    ) -> bool:
+        """Set the Pod's network-status annotation; False if that Pod (this UID) is gone."""
+        patch = {
+            "metadata": {
+                "uid": uid,  # precondition: the apiserver refuses a patch of another Pod
+                "annotations": {attachments.NETWORK_STATUS: json.dumps(status, indent=1)},
+            }
+        }
+        try:
+            self.client.patch(
+                PodStatus, name, patch, namespace=namespace, patch_type=PatchType.MERGE
+            )
+        except ApiError as exc:
+            if exc.status.code in (404, 409, 422):
+                return False
+            raise
+        return True
