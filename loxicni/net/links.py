@@ -60,18 +60,16 @@ def _to_link(body: bytes) -> Link:
 
 def get(ipr: Rtnl, name: str) -> Link | None:
     """The link called ``name``, or None."""
-    try:
-        answers = ipr.call(rtnl.link_get(name=name))
-    except NetlinkError as exc:
-        if exc.errno in (errno.ENODEV, errno.ENOENT):
-            return None
-        raise
-    return _to_link(answers[0])
+    return _get(ipr, rtnl.link_get(name=name))
 
 
 def get_by_index(ipr: Rtnl, index: int) -> Link | None:
+    return _get(ipr, rtnl.link_get(index=index))
+
+
+def _get(ipr: Rtnl, request: rtnl.Request) -> Link | None:
     try:
-        answers = ipr.call(rtnl.link_get(index=index))
+        answers = ipr.call(request)
     except NetlinkError as exc:
         if exc.errno in (errno.ENODEV, errno.ENOENT):
             return None
