@@ -1,4 +1,4 @@
-"""loxi-cni first in a conflist, followed by the reference portmap, bandwidth and tuning.
+"""loxi-cni first in a conflist, followed by the reference portmap, bandwidth, tuning, firewall.
 
 The test plays libcni: ADD runs the plugins in order passing prevResult, CHECK runs them all
 with the final result, DEL runs them in reverse.
@@ -36,6 +36,7 @@ def _conflist(net: Net) -> dict[str, Any]:
             {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True},
             {"type": "bandwidth", "capabilities": {"bandwidth": True}},
             {"type": "tuning", "sysctl": {"net.ipv4.conf.eth0.arp_filter": "1"}},
+            {"type": "firewall", "backend": "iptables"},
         ],
     }
 
@@ -87,6 +88,7 @@ def test_chain_add_check_del(net: Net) -> None:
     conflist = _conflist(net)
     pod = net.pod()
     final = _run_list("ADD", conflist, pod).json
+    pod_ip = final["ips"][0]["address"].split("/")[0]
     try:
         _exercise(net, conflist, pod, final)
     finally:
@@ -95,13 +97,20 @@ def test_chain_add_check_del(net: Net) -> None:
     assert final["interfaces"][1]["name"] not in host_links()
     assert net.reservations() == {}
     nat = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True).stdout
+    assert pod_ip not in _filter_rules(), "firewall rules outlived DEL"
     assert pod.container_id not in nat and f"{HOST_PORT}" not in nat
+
+
+def _filter_rules() -> str:
+    return subprocess.run(["iptables-save", "-t", "filter"], capture_output=True, text=True).stdout
 
 
 def _exercise(net: Net, conflist: dict[str, Any], pod: Pod, final: dict[str, Any]) -> None:
     pod_ip = final["ips"][0]["address"].split("/")[0]
     host_veth = final["interfaces"][1]["name"]
 
+    # firewall let the pod's traffic through in its own chain
+    assert f"-A CNI-FORWARD -d {final['ips'][0]['address'].split('/')[0]}/32" in _filter_rules()
     # tuning applied its sysctl inside the pod
     assert pod.sh("sysctl", "-n", "net.ipv4.conf.eth0.arp_filter").stdout.strip() == "1"
     # bandwidth installed its qdisc on the host veth (ingress shaping) and an ifb for egress
