@@ -75,7 +75,8 @@ test-k8s: dev k8s-deps
 	LOXI_K8S_REQUIRED=1 $(DEV_VENV)/bin/pytest -q tests/k8s
 
 # The agent's Kubernetes mode end to end: the real control plane, deploy/'s manifests, pod
-# sandboxes through containerd's CRI and direct execs (tests/k8s). A missing binary fails.
+# sandboxes through containerd's CRI and direct execs, and a real kubelet running Pods on
+# loxi-cni (tests/k8s). A missing binary or tool fails, never skips.
 .PHONY: e2e
 e2e: install dev k8s-deps runtimes-deps
 	LOXI_K8S_REQUIRED=1 LOXI_CNI_BIN=$(CNI_BIN_DIR)/loxi-cni $(DEV_VENV)/bin/pytest -q tests/k8s

@@ -11,9 +11,11 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from .cluster import apply_deploy
 from .controlplane import ControlPlane, find_binaries
 
 _namespaces = itertools.count(1)
@@ -41,3 +43,9 @@ def namespace(control_plane: ControlPlane) -> Iterator[str]:
     control_plane.create_namespace(name)
     yield name
     control_plane.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def agent_kubeconfig(control_plane: ControlPlane) -> Path:
+    """deploy/ applied as is; a kubeconfig holding a token of the agent's ServiceAccount."""
+    return apply_deploy(control_plane)

@@ -9,7 +9,8 @@ Independent of pytest, so a script or a REPL can run one too::
         cp.kubectl("get", "namespaces")
 
 Everything (data, certificates, kubeconfigs, logs) lives in one temp dir removed by `stop()`.
-Every process binds 127.0.0.1 only, on ports picked free at start, and every wait is bounded.
+Every process binds 127.0.0.1 only (but a kubelet given a `node_ip`, for `kubectl exec`), on
+ports picked free at start, and every wait is bounded.
 """
 
 from __future__ import annotations
@@ -66,6 +67,19 @@ def find_binaries(build: bool = False) -> Path | None:
     stderr = None if build else subprocess.DEVNULL
     out = subprocess.run(args, stdout=subprocess.PIPE, stderr=stderr, text=True, check=False)
     return Path(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else None
+
+
+def host_ip() -> str:
+    """The host's IPv4 source address towards the default route: what a kubelet reports as its
+    node IP when not told otherwise."""
+    out = subprocess.run(
+        ["ip", "-j", "-4", "route", "get", "198.51.100.1"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    return str(json.loads(out)[0]["prefsrc"])
 
 
 def free_port() -> int:
@@ -228,6 +242,8 @@ class ControlPlane:
         self._sign("apiserver", "/CN=kube-apiserver", "serverAuth", sans)
         self._sign("admin", "/O=system:masters/CN=loxi-cni-admin", "clientAuth")
         self._sign("controller-manager", "/CN=system:kube-controller-manager", "clientAuth")
+        # What the API server shows kubelets when it proxies exec, attach, logs, port-forward.
+        self._sign("apiserver-kubelet-client", "/CN=kube-apiserver-kubelet-client", "clientAuth")
         _openssl("genrsa", "-out", "sa.key", "2048", cwd=pki)
         _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
         for key in pki.glob("*.key"):
@@ -325,6 +341,10 @@ class ControlPlane:
                 f"--service-account-key-file={p / 'sa.pub'}",
                 f"--service-account-signing-key-file={p / 'sa.key'}",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
+                f"--kubelet-client-certificate={p / 'apiserver-kubelet-client.crt'}",
+                f"--kubelet-client-key={p / 'apiserver-kubelet-client.key'}",
+                # A kubelet's Hostname address is its node name, which no DNS here resolves.
+                "--kubelet-preferred-address-types=InternalIP,Hostname",
                 "--allow-privileged=true",  # a CNI DaemonSet is privileged
                 # The `kubernetes` Service's endpoints would be 127.0.0.1, which Endpoints
                 # validation refuses: keep no endpoints instead of logging that error every 10 s.
@@ -502,12 +522,19 @@ class ControlPlane:
         *,
         pod_cidrs: Sequence[str] = (),
         cgroup_root: str = "/loxi-kubelet",
+        node_ip: str | None = None,
         timeout: float = 60.0,
     ) -> None:
         """A real kubelet (needs root and `build.sh kubelet`) that registers Node `node` and runs
         its Pods through the CRI at `cri_socket` (containerd 1.6 works); returns once the Node
         exists, with `pod_cidrs` patched in (no node IPAM controller runs). The Node turns Ready
         when the runtime has a CNI config.
+
+        Its API (exec, logs, port-forward through the API server) listens on 127.0.0.1, which
+        the API server cannot reach: the kubelet refuses a loopback node IP, so the Node's
+        InternalIP is another address. With `node_ip` (one of the host's addresses, see
+        `host_ip`) it listens there and reports it as the InternalIP, so `kubectl exec` works;
+        a client needs a certificate of the throwaway CA (the API server has one).
 
         Made to leave the host as found: root dir, pod logs and volume plugins in the work dir,
         Pod cgroups under `cgroup_root` (give the runtime's cleanup the same one), cgroup v1
@@ -552,7 +579,7 @@ class ControlPlane:
             "cgroupRoot": cgroup_root,
             "failCgroupV1": False,  # the kubelet refuses cgroup v1 hosts by default since 1.35
             "failSwapOn": False,
-            "address": "127.0.0.1",
+            "address": node_ip or "127.0.0.1",
             "port": free_port(),
             "readOnlyPort": 0,
             "healthzBindAddress": "127.0.0.1",
@@ -587,6 +614,7 @@ class ControlPlane:
                 f"--root-dir={files.root_dir}",
                 f"--cert-dir={work / 'pki'}",
                 f"--hostname-override={node}",
+                *([f"--node-ip={node_ip}"] if node_ip else []),
                 "--v=1",
             ],
         )

@@ -13,8 +13,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
+from .cluster import require
 from .controlplane import ControlPlane
 
 
@@ -173,11 +172,11 @@ def test_kubelet_runs_pods_through_containerd_cri(
     """The whole node path for real: Pod bound in the API -> kubelet -> containerd 1.6 CRI ->
     CNI ADD (the reference bridge: this proves the cluster, not our plugin) -> Pod IP in the
     API; deletion -> CNI DEL, address released. Needs root and `make runtimes-deps`."""
-    have = [shutil.which(t) is not None for t in ("containerd", "runc", "gcc")]
-    have += [(REFERENCE_CNI / p).exists() for p in ("bridge", "host-local", "loopback")]
-    have.append((control_plane.bin_dir / "kubelet").exists())
-    if os.geteuid() != 0 or not all(have):
-        pytest.skip("needs root, containerd, gcc, Debian's CNI plugins and the kubelet binary")
+    missing = [] if os.geteuid() == 0 else ["root"]
+    missing += [t for t in ("containerd", "runc", "gcc") if shutil.which(t) is None]
+    paths = [REFERENCE_CNI / p for p in ("bridge", "host-local", "loopback")]
+    missing += [str(p) for p in (*paths, control_plane.bin_dir / "kubelet") if not p.exists()]
+    require(missing, "a kubelet on the reference bridge plugin")
     from tests.runtimes import oci
     from tests.runtimes.helpers import free_subnet
     from tests.runtimes.runtimes import Containerd

@@ -1,0 +1,457 @@
+"""The agent's side of the Kubernetes tests, shared by the suites that play the kubelet
+(test_agent_k8s) and the one where a real kubelet runs (test_kubelet_e2e): one node's network
+and the agent serving it (`Cluster`), a pod sandbox's view from its netns (`Sandbox`), and the
+checks that what the API shows is what the kernel holds.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import yaml
+from pyroute2 import IPRoute, NetNS
+
+from loxicni.net import masq
+
+from .controlplane import ControlPlane
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+MANIFESTS = ("crd.yaml", "rbac.yaml", "configmap.yaml", "daemonset.yaml")
+PLUGIN = os.environ.get("LOXI_CNI_BIN", "/opt/cni/bin/loxi-cni")
+NETWORK_STATUS = "k8s.v1.cni.cncf.io/network-status"
+AGENT_SA = ("kube-system", "loxi-cni")
+# Subnets other suites use: never these.
+TAKEN = {ipaddress.ip_network(n) for n in ("10.99.0.0/24", "10.244.1.0/24")}
+
+T = TypeVar("T")
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 30) -> T:
+    """Poll ``probe`` until it returns something truthy; fail naming ``what`` at ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def free_pod_cidr() -> ipaddress.IPv4Network:
+    """A 10.97.X.0/24 no route of the host uses (a node's band of the cluster's pod network)."""
+    routes = json.loads(
+        subprocess.run(
+            ["ip", "-j", "-4", "route", "show", "table", "all"],
+            capture_output=True, text=True, check=True, timeout=30,
+        ).stdout
+    )  # fmt: skip
+    used = set(TAKEN)
+    for route in routes:
+        dst = route.get("dst", "")
+        if dst and dst != "default" and dst[0].isdigit():
+            used.add(ipaddress.ip_network(dst, strict=False))
+    for third in range(10, 250):
+        candidate = ipaddress.IPv4Network(f"10.97.{third}.0/24")
+        if not any(candidate.overlaps(u) for u in used):
+            return candidate
+    raise AssertionError("no free 10.97.X.0/24")
+
+
+def apply_deploy(cp: ControlPlane) -> Path:
+    """deploy/ applied as is; a kubeconfig holding a token of the agent's ServiceAccount."""
+    for name in MANIFESTS:
+        cp.kubectl("apply", "-f", str(DEPLOY / name))
+    cp.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s",
+        "crd/podnetworkinterfaces.loxicni.io",
+    )  # fmt: skip
+    return cp.kubeconfig_for_token(cp.token_for(*AGENT_SA))
+
+
+def require(missing: Sequence[str], what: str) -> None:
+    """Skip when prerequisites are `missing`, but fail under LOXI_K8S_REQUIRED=1 (`make e2e`):
+    there a missing tool is a broken set-up, never a reason to pass."""
+    if not missing:
+        return
+    msg = f"{what} needs {', '.join(missing)}: run `make e2e` (install, k8s-deps, runtimes-deps)"
+    if os.environ.get("LOXI_K8S_REQUIRED") == "1":
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+def masq_table() -> list[dict[str, Any]] | None:
+    """loxi-cni's nftables table (ipMasq: deploy/'s template turns it on) as `nft -j` lists
+    it, or None when there is none."""
+    proc = subprocess.run(
+        ["nft", "-j", "list", "table", "inet", masq.TABLE],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        return None
+    objs: list[dict[str, Any]] = json.loads(proc.stdout)["nftables"]
+    return objs
+
+
+def drop_unused_masq_table() -> None:
+    """Delete loxi-cni's nftables table if no attachment has an element in it: the plugin
+    makes it on first use and keeps it. Under the plugin's lock, so no ADD comes in between
+    (and one that comes later makes it again)."""
+    with masq._locked():
+        objs = masq_table()
+        if objs is not None and not any(o.get("set", {}).get("elem") for o in objs):
+            subprocess.run(
+                ["nft", "delete", "table", "inet", masq.TABLE], capture_output=True, timeout=30
+            )
+
+
+def template_from_configmap() -> dict[str, Any]:
+    """The CNI config template exactly as deploy/configmap.yaml ships it."""
+    cm = yaml.safe_load((DEPLOY / "configmap.yaml").read_text())
+    template: dict[str, Any] = json.loads(cm["data"]["cni-conf-template.json"])
+    return template
+
+
+@dataclass
+class Cluster:
+    """One test's node: a Node object, its network's names, and the agent serving it."""
+
+    cp: ControlPlane
+    kubeconfig: Path
+    namespace: str
+    workdir: Path
+    node: str
+    pod_cidrs: list[str]
+    tag: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
+    grace_period: float = 120.0
+    proc: subprocess.Popen[bytes] | None = None
+    netns: list[str] = field(default_factory=list)
+    masq_table_existed: bool = field(default_factory=lambda: masq_table() is not None)
+
+    # names of this test's network, so nothing collides with other tests on the host
+    @property
+    def network(self) -> str:
+        return f"k8s-{self.tag}"
+
+    @property
+    def bridge(self) -> str:
+        return f"lxk{self.tag}"
+
+    @property
+    def veth_prefix(self) -> str:
+        return f"lk{self.tag[:4]}"
+
+    @property
+    def socket(self) -> str:
+        return str(self.workdir / "run" / "agent.sock")
+
+    @property
+    def state_dir(self) -> Path:
+        return self.workdir / "state"
+
+    @property
+    def conf_dir(self) -> Path:
+        return self.workdir / "net.d"
+
+    @property
+    def conf_path(self) -> Path:
+        return self.conf_dir / "10-loxi-cni.conflist"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.workdir / "ipam"
+
+    @property
+    def log(self) -> Path:
+        return self.workdir / "agent.log"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What a plugin exec needs to reach this agent (or, with it down, share its state)."""
+        return {"LOXI_CNI_SOCKET": self.socket, "LOXI_CNI_STATE_DIR": str(self.state_dir)}
+
+    def write_template(self) -> Path:
+        """deploy/'s template, with this test's names and store (the portmap entry dropped:
+        the sandboxes here map no ports)."""
+        template = template_from_configmap()
+        template["name"] = self.network
+        plugin = next(p for p in template["plugins"] if p["type"] == "loxi-cni")
+        plugin.update(bridge=self.bridge, vethPrefix=self.veth_prefix)
+        plugin["ipam"]["dataDir"] = str(self.data_dir)
+        template["plugins"] = [plugin]
+        path = self.workdir / "template.json"
+        path.write_text(json.dumps(template))
+        return path
+
+    # -- the agent
+    def start_agent(self) -> None:
+        template = self.write_template()
+        argv = [
+            PLUGIN, "agent", "--socket", self.socket, "--metrics", "off",
+            "--kubeconfig", str(self.kubeconfig), "--node-name", self.node,
+            "--cni-conf-dir", str(self.conf_dir), "--cni-conf-template", str(template),
+            "--grace-period", str(self.grace_period), "--resync", "2",
+        ]  # fmt: skip
+        env = {**os.environ, **self.env}
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=log)
+        wait_for("the agent's Kubernetes mode to be synced", self._synced, timeout=30)
+
+    def _synced(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"the agent exited:\n{self.log.read_text()[-4000:]}")
+        kube = self.status().get("kubernetes", {})
+        return bool(kube.get("podsSynced")) and bool(kube.get("syncs"))
+
+    def status(self) -> dict[str, Any]:
+        proc = subprocess.run(
+            [PLUGIN, "status", "--json", "--socket", self.socket],
+            capture_output=True, text=True, timeout=20,
+        )  # fmt: skip
+        try:
+            return dict(json.loads(proc.stdout))
+        except ValueError:
+            return {}
+
+    def kill_agent(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop_agent(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+    # -- the API
+    def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.cp.kubectl(*args, check=check)
+
+    def create_pod(self, name: str, node: str | None = None) -> dict[str, Any]:
+        """A Pod bound to the node (the scheduler's part: none runs here)."""
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": self.namespace},
+            "spec": {
+                "nodeName": node or self.node,
+                "containers": [{"name": "app", "image": "loxi.local/busybox:rt"}],
+            },
+        }
+        out = self.cp.kubectl("create", "-o", "json", "-f", "-", input=json.dumps(pod)).stdout
+        created: dict[str, Any] = json.loads(out)
+        return created
+
+    def force_delete_pod(self, name: str) -> None:
+        """What the kubelet does once the sandbox is gone (or a user's --force)."""
+        self.kubectl("delete", "pod", name, "-n", self.namespace, "--grace-period=0", "--force")
+
+    def get_pod(self, name: str) -> dict[str, Any] | None:
+        res = self.kubectl("get", "pod", name, "-n", self.namespace, "-o", "json", check=False)
+        return dict(json.loads(res.stdout)) if res.returncode == 0 else None
+
+    def interfaces(self) -> dict[str, dict[str, Any]]:
+        """This test's PodNetworkInterfaces, by pod name (one interface per pod here)."""
+        items = self.cp.get_json("podnetworkinterfaces", "-n", self.namespace)["items"]
+        return {i["spec"]["podName"]: i for i in items}
+
+    def network_status(self, name: str) -> list[dict[str, Any]] | None:
+        pod = self.get_pod(name)
+        if pod is None:
+            return None
+        raw = (pod["metadata"].get("annotations") or {}).get(NETWORK_STATUS)
+        return json.loads(raw) if raw else None
+
+    # -- the runtime's part
+    def conf(self) -> dict[str, Any]:
+        """What libcni sends loxi-cni for the conflist the agent wrote."""
+        conflist = json.loads(self.conf_path.read_text())
+        (plugin,) = conflist["plugins"]
+        return {"cniVersion": conflist["cniVersion"], "name": conflist["name"], **plugin}
+
+    def cni(self, command: str, pod: Sandbox, *, netns: str | None = None) -> dict[str, Any]:
+        """Exec the installed plugin as containerd's CRI does for a pod sandbox."""
+        env = {
+            "PATH": os.environ["PATH"],
+            "CNI_COMMAND": command,
+            "CNI_CONTAINERID": pod.sandbox_id,
+            "CNI_NETNS": pod.netns_path if netns is None else netns,
+            "CNI_IFNAME": "eth0",
+            "CNI_PATH": "/opt/cni/bin",
+            "CNI_ARGS": pod.cni_args,
+            **self.env,
+        }
+        proc = subprocess.run(
+            [PLUGIN], input=json.dumps(self.conf()).encode(), env=env,
+            capture_output=True, timeout=60,
+        )  # fmt: skip
+        assert proc.returncode == 0, f"{command}: {proc.stdout!r} {proc.stderr!r}"
+        return dict(json.loads(proc.stdout)) if proc.stdout.strip() else {}
+
+    def run_sandbox(self, name: str) -> Sandbox:
+        """A Pod in the API and its sandbox: a netns, and the plugin's ADD for it."""
+        pod = self.create_pod(name)
+        netns = f"loxk-{self.tag}-{len(self.netns)}"
+        subprocess.run(["ip", "netns", "add", netns], check=True, timeout=30)
+        self.netns.append(netns)
+        sandbox = Sandbox(
+            name=name,
+            namespace=self.namespace,
+            uid=pod["metadata"]["uid"],
+            sandbox_id=uuid.uuid4().hex + uuid.uuid4().hex,
+            netns=netns,
+        )
+        sandbox.result = self.cni("ADD", sandbox)
+        return sandbox
+
+    def stop_sandbox(self, sandbox: Sandbox) -> None:
+        """StopPodSandbox + RemovePodSandbox: DEL with the netns, the netns gone, DEL again."""
+        self.cni("DEL", sandbox)
+        subprocess.run(["ip", "netns", "del", sandbox.netns], check=False, timeout=30)
+        self.cni("DEL", sandbox, netns="")
+
+    # -- the host
+    def reservations(self) -> dict[str, str]:
+        directory = self.data_dir / self.network
+        if not directory.is_dir():
+            return {}
+        return {
+            p.name: p.read_bytes().decode().splitlines()[0]
+            for p in directory.iterdir()
+            if p.is_file() and p.name != "lock" and not p.name.startswith("last_reserved_ip")
+        }
+
+    def host_veths(self) -> list[str]:
+        with IPRoute() as ipr:
+            names = [m.get("IFLA_IFNAME") for m in ipr.get_links()]
+        return sorted(n for n in names if n and n.startswith(self.veth_prefix))
+
+    def cleanup(self) -> None:
+        """Whatever a failed test left: GC with no valid attachment releases it all (address,
+        masquerade entry, host veth, record), then the netns, links and the Node go."""
+        self.stop_agent()
+        if self.conf_path.exists():
+            env = {
+                "PATH": os.environ["PATH"],
+                "CNI_COMMAND": "GC",
+                "CNI_PATH": "/opt/cni/bin",
+                "LOXI_CNI_STATE_DIR": str(self.state_dir),
+                "LOXI_CNI_NO_AGENT": "1",
+            }
+            conf = {**self.conf(), "cniVersion": "1.1.0"}
+            subprocess.run(
+                [PLUGIN], input=json.dumps(conf).encode(), env=env, capture_output=True, timeout=60
+            )
+        for netns in self.netns:
+            subprocess.run(["ip", "netns", "del", netns], capture_output=True, timeout=30)
+        for name in self.host_veths():
+            subprocess.run(["ip", "link", "del", name], capture_output=True, timeout=30)
+        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True, timeout=30)
+        if not self.masq_table_existed:
+            drop_unused_masq_table()
+        self.kubectl("delete", "node", self.node, "--wait=false", check=False)
+
+
+@dataclass
+class Sandbox:
+    name: str
+    namespace: str
+    uid: str
+    sandbox_id: str
+    netns: str
+    result: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def netns_path(self) -> str:
+        return f"/var/run/netns/{self.netns}"
+
+    @property
+    def cni_args(self) -> str:
+        return (
+            f"IgnoreUnknown=1;K8S_POD_NAMESPACE={self.namespace};K8S_POD_NAME={self.name};"
+            f"K8S_POD_INFRA_CONTAINER_ID={self.sandbox_id};K8S_POD_UID={self.uid}"
+        )
+
+    def kernel(self) -> dict[str, Any]:
+        """eth0 as the pod's netns holds it: MAC, MTU, addresses, the host peer's ifindex."""
+        with NetNS(self.netns) as ns:
+            (link,) = ns.get_links(ifname="eth0")
+            addrs = ns.get_addr(index=link["index"])
+            return {
+                "mac": link.get("IFLA_ADDRESS"),
+                "mtu": link.get("IFLA_MTU"),
+                "peer": link.get("IFLA_LINK"),
+                "ips": sorted(
+                    f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}"
+                    for a in addrs
+                    if not str(a.get("IFA_ADDRESS")).startswith("fe80")
+                ),
+            }
+
+
+def host_link(name: str) -> dict[str, Any] | None:
+    with IPRoute() as ipr:
+        found = ipr.get_links(ifname=name) if ipr.link_lookup(ifname=name) else []
+        if not found:
+            return None
+        link = found[0]
+        master = link.get("IFLA_MASTER")
+        bridge = ipr.get_links(master)[0].get("IFLA_IFNAME") if master else None
+        return {"index": link["index"], "mac": link.get("IFLA_ADDRESS"), "bridge": bridge}
+
+
+def check_interface(cluster: Cluster, pod: Sandbox, pni: dict[str, Any]) -> None:
+    """The resource says what the kernel holds for this pod."""
+    kernel = pod.kernel()
+    spec = pni["spec"]
+    assert spec["podName"] == pod.name and spec["podUID"] == pod.uid
+    assert spec["node"] == cluster.node
+    assert spec["containerID"] == pod.sandbox_id
+    assert spec["interface"] == "eth0"
+    assert spec["network"] == cluster.network and spec["bridge"] == cluster.bridge
+    assert spec["vlan"] == 0
+    assert spec["mac"] == kernel["mac"] and spec["mtu"] == kernel["mtu"]
+    assert sorted(spec["ips"]) == kernel["ips"]
+    assert len(spec["ips"]) == 2  # dual stack: one address from each of the Node's pod CIDRs
+    for ip, cidr in zip(spec["ips"], cluster.pod_cidrs, strict=True):
+        assert ipaddress.ip_interface(ip).ip in ipaddress.ip_network(cidr)
+    assert spec["gateways"] == [str(ipaddress.ip_network(c)[1]) for c in cluster.pod_cidrs]
+    veth = host_link(spec["hostInterface"])
+    assert veth is not None, f"no host link {spec['hostInterface']}"
+    assert veth["index"] == kernel["peer"] and veth["bridge"] == cluster.bridge
+    assert pni["status"]["state"] == "Ready"
+    (owner,) = pni["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["name"], owner["uid"]) == ("Pod", pod.name, pod.uid)
+    assert pni["metadata"]["labels"]["loxicni.io/node"] == cluster.node
+    # What the runtime got from ADD agrees too.
+    result_ips = sorted(ip["address"] for ip in pod.result["ips"])
+    assert result_ips == kernel["ips"]
+    for address in kernel["ips"]:
+        assert cluster.reservations()[str(ipaddress.ip_interface(address).ip)] == pod.sandbox_id
+
+
+def check_network_status(cluster: Cluster, pod: Sandbox) -> None:
+    kernel = pod.kernel()
+    (entry,) = wait_for(f"network-status of {pod.name}", lambda: cluster.network_status(pod.name))
+    assert entry["name"] == cluster.network and entry["interface"] == "eth0"
+    assert entry["default"] is True
+    assert sorted(entry["ips"]) == sorted(str(ipaddress.ip_interface(i).ip) for i in kernel["ips"])
+    assert entry["mac"] == kernel["mac"] and entry["mtu"] == kernel["mtu"]
+    assert entry["gateway"] == [str(ipaddress.ip_network(c)[1]) for c in cluster.pod_cidrs]

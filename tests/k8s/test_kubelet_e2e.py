@@ -1,0 +1,304 @@
+"""A real kubelet runs Pods on loxi-cni: the node path of a cluster, nothing played by the test.
+
+The control plane is real (etcd, kube-apiserver, kube-controller-manager), deploy/'s manifests
+are applied, and on this machine run containerd 1.6 (its CRI), a kubelet that registers its Node,
+and the loxi-cni agent in Kubernetes mode with its ServiceAccount's token. The agent writes the
+CNI config into the conf dir containerd's CRI reads, from the Node's pod CIDRs; the CRI execs
+loxi-cni from its bin dir for every sandbox the kubelet asks for. The test only talks to the API
+(create, exec, delete Pods) and reads the node's state back: host-local reservations, netlink in
+each pod's netns, the agent's records, libcni's result cache, nftables.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loxicni.net import masq
+from tests.runtimes import oci
+from tests.runtimes.helpers import CRICTL, LOOPBACK
+from tests.runtimes.runtimes import Containerd
+
+from .cluster import (
+    PLUGIN,
+    Cluster,
+    Sandbox,
+    check_interface,
+    check_network_status,
+    free_pod_cidr,
+    require,
+    wait_for,
+)
+from .controlplane import ControlPlane, host_ip
+
+BUSYBOX = "loxi.local/busybox:rt"
+PAUSE = "loxi.local/pause:rt"  # containerd's sandbox_image (tests.runtimes.runtimes.Containerd)
+PORT = 8080
+# libcni (in containerd 1.6) caches each ADD's result here, whatever the CRI config says.
+CNI_CACHE = Path("/var/lib/cni/results")
+TOOLS = ("containerd", "ctr", "runc", "gcc", "ip", "nft", "umount")
+
+# containerd's CRI runs this as `loxi-cni`: the installed thin client, pointed at the test's
+# agent (and, were the agent down, at its state dir). Each call is logged for the assertions.
+WRAPPER = """#!/bin/sh
+export LOXI_CNI_SOCKET={socket} LOXI_CNI_STATE_DIR={state_dir}
+echo "$CNI_COMMAND $CNI_CONTAINERID ${{CNI_NETNS:--}}" >> {log}
+exec {plugin} "$@"
+"""
+
+
+@pytest.fixture(scope="module")
+def images(
+    control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[oci.Image]]:
+    """Everything the node needs, or the reason it cannot run; then its two images (no
+    registry here: they are imported into containerd's k8s.io namespace)."""
+    missing = [] if os.geteuid() == 0 else ["root"]
+    missing += [t for t in TOOLS if shutil.which(t) is None]
+    paths = (CRICTL, LOOPBACK, oci.BUSYBOX, control_plane.bin_dir / "kubelet")
+    missing += [str(p) for p in paths if not p.exists()]
+    missing += [] if os.access(PLUGIN, os.X_OK) else [PLUGIN]
+    require(missing, "a kubelet node on loxi-cni")
+    directory = tmp_path_factory.mktemp("kubelet-images")
+    yield [
+        oci.pause_image(directory / "pause.tar", PAUSE, directory),
+        oci.busybox_image(directory / "busybox.tar", BUSYBOX),
+    ]
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@dataclass
+class Node:
+    """The node under test: the agent's side (`cluster`), its runtime and the CNI call log."""
+
+    cluster: Cluster
+    containerd: Containerd
+    calls_log: Path
+
+    def calls(self) -> list[tuple[str, str, str]]:
+        """(command, container ID, netns) of every exec of loxi-cni by the CRI."""
+        if not self.calls_log.exists():
+            return []
+        rows = [line.split() for line in self.calls_log.read_text().splitlines()]
+        return [(r[0], r[1], r[2]) for r in rows if len(r) == 3]
+
+    def sandbox(self, pod: dict[str, Any]) -> Sandbox:
+        """The Pod's sandbox as the CRI knows it (found by the UID label the kubelet sets)."""
+        uid = pod["metadata"]["uid"]
+        out = self.containerd.crictl("pods", "--label", f"io.kubernetes.pod.uid={uid}", "-q")
+        (sandbox_id,) = out.stdout.split()
+        status = self.containerd.inspectp(sandbox_id)  # remembers the netns for close()
+        (netns,) = [
+            ns["path"]
+            for ns in status["info"]["runtimeSpec"]["linux"]["namespaces"]
+            if ns["type"] == "network"
+        ]
+        sandbox = Sandbox(
+            name=pod["metadata"]["name"],
+            namespace=pod["metadata"]["namespace"],
+            uid=uid,
+            sandbox_id=sandbox_id,
+            netns=Path(netns).name,
+        )
+        # The ADD's result as the runtime got it (libcni's cache), for check_interface.
+        cached = _cached(self.cluster, sandbox)
+        assert cached is not None, f"no cached ADD result for {sandbox.name}"
+        sandbox.result = cached
+        return sandbox
+
+
+@pytest.fixture
+def node(
+    control_plane: ControlPlane,
+    agent_kubeconfig: Path,
+    namespace: str,
+    images: list[oci.Image],
+    tmp_path: Path,
+) -> Iterator[Node]:
+    """containerd, a kubelet registering the Node (pod CIDRs patched in at once), then the
+    agent, which writes the CNI config; ready once the Node is. Undone in reverse order,
+    whatever failed: the kubelet first (else it restarts what is being removed), containerd
+    (its sandboxes' DELs still reach the agent), then the agent's network and the Node."""
+    cp = control_plane
+    v4 = free_pod_cidr()
+    v6 = ipaddress.ip_network(f"fd97:{v4.network_address.packed[2]:x}::/64")
+    name = f"kubelet-{uuid.uuid4().hex[:6]}"
+    cluster = Cluster(cp, agent_kubeconfig, namespace, tmp_path, name, [str(v4), str(v6)])
+    bin_dir, calls_log = tmp_path / "cni-bin", tmp_path / "cni-calls.log"
+    bin_dir.mkdir()
+    cluster.conf_dir.mkdir()  # containerd watches it from the start
+    wrapper = bin_dir / "loxi-cni"
+    wrapper.write_text(
+        WRAPPER.format(
+            socket=cluster.socket, state_dir=cluster.state_dir, log=calls_log, plugin=PLUGIN
+        )
+    )
+    wrapper.chmod(0o755)
+    shutil.copy2(LOOPBACK, bin_dir / "loopback")
+    cgroup_root = f"/loxi-kubelet-{cluster.tag}"
+    containerd = Containerd(tmp_path / "containerd", bin_dir, cluster.conf_dir, cgroup_root)
+    try:
+        containerd.start()
+        for image in images:
+            containerd.import_image(image, namespace="k8s.io")
+        cp.start_kubelet(
+            name, containerd.socket, pod_cidrs=cluster.pod_cidrs, cgroup_root=cgroup_root,
+            node_ip=host_ip(),
+        )  # fmt: skip
+        cluster.start_agent()
+        wait_for("the agent's CNI config", cluster.conf_path.exists)
+        wait_for("the Node to be Ready", lambda: _node_ready(cp, name), timeout=90)
+        yield Node(cluster, containerd, calls_log)
+    finally:
+        # Shown only when the test failed (pytest's captured teardown output).
+        for log in (cp.log(f"kubelet-{name}"), containerd.log, cluster.log, calls_log):
+            tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(none)"
+            print(f"----- {log.name}\n{tail}")
+        try:
+            cp.stop_kubelet(name)
+            containerd.close()
+            cluster.kubectl(
+                "delete", "pods", "--all", "-n", namespace, "--grace-period=0", "--force",
+                check=False,
+            )  # fmt: skip
+        finally:
+            cluster.cleanup()
+
+
+def _node_ready(cp: ControlPlane, node: str) -> bool:
+    conditions = cp.get_json("node", node)["status"].get("conditions", [])
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+def _pod(name: str, node: Node, script: str, port: int | None = None) -> dict[str, Any]:
+    """A busybox Pod bound to the node (no scheduler runs). Its shell, PID 1, exits on TERM,
+    so a deletion takes a moment, not the grace period. With `port`, it is Ready once the
+    kubelet connects to it there, from the host through the bridge."""
+    container: dict[str, Any] = {
+        "name": name,
+        "image": BUSYBOX,
+        "imagePullPolicy": "Never",
+        "command": ["sh", "-c", f"trap 'exit 0' TERM; {script} & wait"],
+    }
+    if port is not None:
+        container["readinessProbe"] = {"tcpSocket": {"port": port}, "periodSeconds": 1}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": node.cluster.namespace},
+        "spec": {
+            "nodeName": node.cluster.node,
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 10,
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "containers": [container],
+        },
+    }
+
+
+def _wait_ready(cluster: Cluster, name: str) -> dict[str, Any]:
+    """The Pod once Running and Ready, with its IPs; a Pod that failed ends the wait at once."""
+
+    def ready() -> dict[str, Any] | None:
+        pod = cluster.get_pod(name)
+        status: dict[str, Any] = (pod or {}).get("status", {})
+        assert status.get("phase") not in ("Failed", "Succeeded"), f"{name}: {status}"
+        conditions = {c["type"]: c["status"] for c in status.get("conditions", [])}
+        running = status.get("phase") == "Running" and status.get("podIP")
+        return pod if running and conditions.get("Ready") == "True" else None
+
+    return wait_for(f"Pod {name} Running and Ready", ready, timeout=120)
+
+
+def _cached(cluster: Cluster, sandbox: Sandbox) -> dict[str, Any] | None:
+    """The ADD result libcni cached for the sandbox's eth0 (removed by a successful DEL)."""
+    path = CNI_CACHE / f"{cluster.network}-{sandbox.sandbox_id}-eth0"
+    try:
+        result: dict[str, Any] = json.loads(path.read_text())["result"]
+    except FileNotFoundError:
+        return None
+    return result
+
+
+def test_kubelet_runs_pods_on_loxi_cni(node: Node) -> None:
+    """Pods created through the API run with the addresses loxi-cni reserved, the agent
+    publishes what the kernel holds, the host (the kubelet's probe) and the other pod
+    (kubectl exec, through the kubelet) reach a pod, and deleting the Pods makes the runtime
+    DEL everything."""
+    cluster, cp = node.cluster, node.cluster.cp
+    client = _pod("client", node, "sleep 3600")
+    server = _pod("server", node, f"nc -ll -p {PORT} -e hostname", port=PORT)
+    for manifest in (client, server):
+        cp.kubectl("create", "-f", "-", input=json.dumps(manifest))
+    pods = {n: _wait_ready(cluster, n) for n in ("client", "server")}
+    sandboxes = {n: node.sandbox(p) for n, p in pods.items()}
+
+    def both_published() -> dict[str, dict[str, Any]] | None:
+        found = cluster.interfaces()
+        return found if len(found) == 2 else None
+
+    pnis = wait_for("a PodNetworkInterface per Pod", both_published)
+    reserved = cluster.reservations()
+    assert len(reserved) == 4, reserved  # two pods, dual stack
+    for name, pod in pods.items():
+        sandbox = sandboxes[name]
+        # The Pod's IPs are the addresses loxi-cni reserved for its sandbox, v4 first.
+        ips = [ip["ip"] for ip in pod["status"]["podIPs"]]
+        assert pod["status"]["podIP"] == ips[0]
+        assert sorted(ips) == sorted(ip for ip, c in reserved.items() if c == sandbox.sandbox_id)
+        assert [ipaddress.ip_address(ip).version for ip in ips] == [4, 6]
+        # The resource and the annotation say what the pod's netns holds (netlink).
+        check_interface(cluster, sandbox, pnis[name])
+        check_network_status(cluster, sandbox)
+        held = sorted(str(ipaddress.ip_interface(a).ip) for a in sandbox.kernel()["ips"])
+        assert held == sorted(ips)
+        assert (ADD := ("ADD", sandbox.sandbox_id, sandbox.netns_path)) in node.calls(), ADD
+    # ipMasq (on in deploy/'s template): each sandbox's addresses are masqueraded.
+    assert masq.masqueraded_attachments(cluster.network) == {
+        (s.sandbox_id, "eth0") for s in sandboxes.values()
+    }
+    assert cluster.status()["attachments"] == 2
+
+    # Pod to pod, over each family, through the kubelet's streaming server.
+    for ip in (ip["ip"] for ip in pods["server"]["status"]["podIPs"]):
+        argv = ("exec", "-n", cluster.namespace, "client", "--", "nc", "-w", "5", ip, str(PORT))
+        assert cp.kubectl(*argv).stdout.strip() == "server", f"client -> server at {ip}"
+
+    # Deleting the Pods: the kubelet stops them, the CRI DELs each sandbox, then the Pods go.
+    cp.kubectl(
+        "delete", "pod", "client", "server", "-n", cluster.namespace, "--timeout=90s", timeout=100
+    )
+
+    def leftovers() -> dict[str, list[str]]:
+        found = {
+            "reservations": sorted(cluster.reservations()),
+            "host veths": cluster.host_veths(),
+            "interfaces": sorted(cluster.interfaces()),
+            "records": sorted(p.name for p in (cluster.state_dir / "attachments").glob("*")),
+            "masquerade": sorted(cid for cid, _ in masq.masqueraded_attachments(cluster.network)),
+            "netns": [s.netns_path for s in sandboxes.values() if Path(s.netns_path).exists()],
+            "libcni cache": [s.sandbox_id for s in sandboxes.values() if _cached(cluster, s)],
+        }
+        return {what: left for what, left in found.items() if left}
+
+    deadline = time.monotonic() + 30
+    while (left := leftovers()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert left == {}, "left after the Pods were deleted"
+    for sandbox in sandboxes.values():  # and the runtime's DEL is what took it all
+        assert ("DEL", sandbox.sandbox_id, sandbox.netns_path) in node.calls()
+    status = cluster.status()
+    assert status["attachments"] == 0
+    # Every call reached the agent (none ran in-process): it served them all.
+    assert status["requestsServed"] >= len(node.calls()) >= 4
