@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Debian packages loxi-cni needs to install, test and demo: iproute2 (ip netns), nftables
+# Debian packages loxi-cni needs to install, test and demo: iproute2 (ip netns, tc), nftables
 # (ipMasq), the reference CNI plugins (chaining and side-by-side tests), python3-venv.
 set -euo pipefail
 need=()
-for pkg in iproute2 nftables containernetworking-plugins python3-venv python3.11-venv iputils-ping; do
+for pkg in iproute2 nftables iptables containernetworking-plugins python3-venv python3.11-venv iputils-ping; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
