@@ -8,7 +8,11 @@ BRIDGE=loxidemo0
 DATA=$(mktemp -d /tmp/loxi-demo.XXXXXX)
 PODS=(loxi-demo-a loxi-demo-b)
 
+AGENT_PID=
+export LOXI_CNI_SOCKET=$DATA/agent.sock LOXI_CNI_STATE_DIR=$DATA/state
+
 cleanup() {
+  [ -n "$AGENT_PID" ] && kill "$AGENT_PID" 2>/dev/null && wait "$AGENT_PID" 2>/dev/null
   for pod in "${PODS[@]}"; do ip netns del "$pod" 2>/dev/null || true; done
   ip link del "$BRIDGE" 2>/dev/null || true
   rm -rf "$DATA"
@@ -33,6 +37,11 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 step "plugin: $PLUGIN"
 "$PLUGIN" version
+step "node agent on $LOXI_CNI_SOCKET (the plugin forwards to it; without it, it runs in-process)"
+"$PLUGIN" agent --socket "$LOXI_CNI_SOCKET" --metrics off 2>"$DATA/agent.log" &
+AGENT_PID=$!
+for _ in $(seq 50); do [ -S "$LOXI_CNI_SOCKET" ] && break; sleep 0.1; done
+"$PLUGIN" status --socket "$LOXI_CNI_SOCKET"
 for pod in "${PODS[@]}"; do
   ip netns add "$pod"
   ip -n "$pod" link set lo up
@@ -48,6 +57,9 @@ done
 step "host side: bridge $BRIDGE and its ports"
 ip -br addr show "$BRIDGE"
 ip -br link show master "$BRIDGE"
+
+step "agent status after the ADDs"
+"$PLUGIN" status --socket "$LOXI_CNI_SOCKET"
 
 ip_b=$(ip -n loxi-demo-b -4 -o addr show eth0 | awk '{print $4}' | cut -d/ -f1)
 step "ping pod a -> pod b ($ip_b)"
@@ -75,6 +87,7 @@ step "nothing left behind"
 left_veths=$(ip -br link show master "$BRIDGE" | wc -l)
 left_ips=$(find "$DATA/loxi-demo" -type f ! -name lock ! -name 'last_reserved_ip.*' | wc -l)
 echo "veths on $BRIDGE: $left_veths, address reservations: $left_ips"
+"$PLUGIN" status --socket "$LOXI_CNI_SOCKET" | grep attachments
 [ "$left_veths" -eq 0 ] && [ "$left_ips" -eq 0 ]
 step "the design notes' config (vlanID 100) on this kernel"
 CNI_COMMAND=ADD CNI_CONTAINERID=demo-vlan CNI_NETNS=/var/run/netns/loxi-demo-a CNI_IFNAME=eth1 \
