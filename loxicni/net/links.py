@@ -168,37 +168,30 @@ def attach_port(ipr: Rtnl, index: int, bridge: int, *, alias: str, hairpin: bool
         ipr.call(rtnl.bridge_port_hairpin(index, True))
 
 
-def delete(ipr: Rtnl, index: int) -> bool:
-    """Delete a link; False if it was already gone."""
+def _call_if_present(ipr: Rtnl, request: rtnl.Request) -> bool:
+    """Send a request about links that may be gone already; False if they were."""
     try:
-        ipr.call(rtnl.link_del(index))
+        ipr.call(request)
     except NetlinkError as exc:
         if exc.errno in (errno.ENODEV, errno.ENOENT):
             return False
         raise
     return True
+
+
+def delete(ipr: Rtnl, index: int) -> bool:
+    """Delete a link; False if it was already gone."""
+    return _call_if_present(ipr, rtnl.link_del(index))
 
 
 def set_group(ipr: Rtnl, index: int, group: int) -> bool:
     """Put a link in link group ``group``; False if it is gone."""
-    try:
-        ipr.call(rtnl.link_set(index, group=group))
-    except NetlinkError as exc:
-        if exc.errno in (errno.ENODEV, errno.ENOENT):
-            return False
-        raise
-    return True
+    return _call_if_present(ipr, rtnl.link_set(index, group=group))
 
 
 def delete_group(ipr: Rtnl, group: int) -> bool:
     """Delete every link of link group ``group`` in one request; False if there was none."""
-    try:
-        ipr.call(rtnl.link_del_group(group))
-    except NetlinkError as exc:
-        if exc.errno in (errno.ENODEV, errno.ENOENT):
-            return False
-        raise
-    return True
+    return _call_if_present(ipr, rtnl.link_del_group(group))
 
 
 class VlanOp(NamedTuple):
