@@ -28,6 +28,7 @@ dev: deps
 lint: dev
 	$(DEV_VENV)/bin/ruff check loxicni tests
 	$(DEV_VENV)/bin/mypy
+	$(DEV_VENV)/bin/lint-imports
 
 reference-plugins:
 	@bash scripts/reference-plugins.sh >/dev/null

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from loxicni.base import paths, wire
+from loxicni.base.version import package_version
 from loxicni.cni.version import SUPPORTED_VERSIONS
 from loxicni.k8s.options import (
     DEFAULT_CONF_DIR,
@@ -18,13 +19,6 @@ from loxicni.k8s.options import (
 )
 
 DEFAULT_METRICS = "127.0.0.1:9617"
-
-
-def package_version() -> str:
-    try:
-        return version("loxi-cni")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def _version(args: argparse.Namespace) -> int:
@@ -54,8 +48,8 @@ def _kube_options(args: argparse.Namespace) -> KubeOptions | None:
 
 
 def _agent(args: argparse.Namespace) -> int:
-    from loxicni.agent.server import run_agent
-    from loxicni.logs import setup_logging
+    from loxicni.agent.run import run_agent
+    from loxicni.base.logs import setup_logging
 
     kube = _kube_options(args)
     setup_logging()
@@ -66,7 +60,7 @@ def _status(args: argparse.Namespace) -> int:
     from loxicni import client
 
     try:
-        code, out = client.call_agent({"LOXI_ADMIN": "status"}, b"", path=args.socket, timeout=10)
+        code, out = client.call_agent({wire.ADMIN_KEY: "status"}, b"", path=args.socket, timeout=10)
     except (client.AgentUnavailable, client.AgentLost) as exc:
         info = {"agent": "down", "socket": args.socket, "reason": str(exc)}
         print(json.dumps(info) if args.json else f"agent: down ({args.socket}: {exc})")
@@ -79,30 +73,29 @@ def _status(args: argparse.Namespace) -> int:
     print(f"uptime: {info['uptimeSeconds']:.0f} s")
     print(f"requests served: {info['requestsServed']}")
     print(f"attachments held: {info['attachments']}")
+    for bad in info.get("quarantined", []):
+        print(f"quarantined record (left untouched): {bad}")
     for network, count in sorted(info["addressesInUse"].items()):
         print(f"addresses in use, {network}: {count}")
     return code
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from loxicni.client import socket_path
-
-    parser = argparse.ArgumentParser(
-        prog="loxi-cni",
-        description="loxi-cni: a CNI bridge plugin. Run by a container runtime with CNI_COMMAND "
-        "set it is the plugin; without it, these admin commands are available.",
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+def _add_version(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("version", help="print the plugin version and the CNI versions it speaks")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_version)
-    p = sub.add_parser("agent", help="run the node agent (foreground) serving the plugin")
-    p.add_argument("--socket", default=socket_path(), help="unix socket (default %(default)s)")
+
+
+def _add_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("status", help="is the agent up: version, uptime, requests, attachments")
     p.add_argument(
-        "--metrics",
-        default=DEFAULT_METRICS,
-        help="host:port for Prometheus metrics, or 'off' (default %(default)s)",
+        "--socket", default=paths.socket_path(), help="unix socket (default %(default)s)"
     )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_status)
+
+
+def _add_kube_options(p: argparse.ArgumentParser) -> None:
     kube = p.add_argument_group(
         "Kubernetes mode",
         "with --kubeconfig or --in-cluster: watch this node's Pods, write the CNI config from "
@@ -149,11 +142,32 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="full resync of the custom resources this often (default %(default)s)",
     )
+
+
+def _add_agent(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("agent", help="run the node agent (foreground) serving the plugin")
+    p.add_argument(
+        "--socket", default=paths.socket_path(), help="unix socket (default %(default)s)"
+    )
+    p.add_argument(
+        "--metrics",
+        default=DEFAULT_METRICS,
+        help="host:port for Prometheus metrics, or 'off' (default %(default)s)",
+    )
+    _add_kube_options(p)
     p.set_defaults(func=_agent)
-    p = sub.add_parser("status", help="is the agent up: version, uptime, requests, attachments")
-    p.add_argument("--socket", default=socket_path(), help="unix socket (default %(default)s)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=_status)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="loxi-cni",
+        description="loxi-cni: a CNI bridge plugin. Run by a container runtime with CNI_COMMAND "
+        "set it is the plugin; without it, these admin commands are available.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_version(sub)
+    _add_agent(sub)
+    _add_status(sub)
     return parser
 
 

@@ -1,26 +1,21 @@
 """The thin client: forward one CNI call to the node agent over its unix socket.
 
 This module is the whole start-up path of plugin mode when an agent runs, so it imports only
-``_socket`` and ``os`` (``socket`` costs ~5 ms, ``json`` ~2.5 ms) and never decodes the config.
-The pod's netns is opened here and passed as a file descriptor (SCM_RIGHTS), so the agent
-never needs to see the runtime's netns path (which a DaemonSet pod may not).
-
-Wire format, both directions length-prefixed (big-endian u32):
-  request:  b"LXC1" | len | env (NUL-separated KEY=VALUE) | len | stdin   [+ netns fd]
-  response: b"LXR1" | exit code | len | stdout
+``_socket``, ``os`` and ``loxicni.base`` (``socket`` costs ~5 ms, ``json`` ~2.5 ms) and never
+decodes the config. The pod's netns is opened here and passed as a file descriptor, so the
+agent never needs to see the runtime's netns path (which a DaemonSet pod may not).
 """
 
 from __future__ import annotations
 
 import _socket
 import os
+import time  # built in: costs nothing to import
 
-REQUEST_MAGIC = b"LXC1"
-RESPONSE_MAGIC = b"LXR1"
-DEFAULT_SOCKET = "/run/loxi-cni/agent.sock"
+from loxicni.base import paths, wire
+
 DEFAULT_TIMEOUT = 120.0  # bounded: a dead or wedged agent never hangs the runtime
-# Environment forwarded to the agent: the CNI contract plus our own knobs.
-FORWARDED_PREFIXES = ("CNI_", "LOXI_CNI_LOG")
+CONNECT_TIMEOUT = 5.0
 
 
 class AgentUnavailable(Exception):
@@ -29,19 +24,6 @@ class AgentUnavailable(Exception):
 
 class AgentLost(Exception):
     """The agent took the request but gave no answer (crash, timeout)."""
-
-
-def socket_path() -> str:
-    return os.environ.get("LOXI_CNI_SOCKET") or DEFAULT_SOCKET
-
-
-def _u32(n: int) -> bytes:
-    return n.to_bytes(4, "big")
-
-
-def encode_request(env: dict[str, str], stdin: bytes) -> bytes:
-    env_block = b"\0".join(f"{k}={v}".encode() for k, v in env.items())
-    return REQUEST_MAGIC + _u32(len(env_block)) + env_block + _u32(len(stdin)) + stdin
 
 
 def _recv_exact(sock: _socket.socket, n: int) -> bytes:
@@ -61,8 +43,15 @@ def _netns_fd(env: dict[str, str]) -> int | None:
         return None
     try:
         return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None  # the agent opens the path itself and reports the error
+    except (OSError, ValueError):
+        return None  # the agent reports the missing netns
+
+
+def _timeout() -> float:
+    try:
+        return float(os.environ.get("LOXI_CNI_TIMEOUT", DEFAULT_TIMEOUT))
+    except ValueError:
+        return DEFAULT_TIMEOUT
 
 
 def call_agent(
@@ -71,16 +60,18 @@ def call_agent(
     """Send one request; return (exit code, stdout). AgentUnavailable before anything is sent."""
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
-        sock.settimeout(5.0)
+        sock.settimeout(CONNECT_TIMEOUT)
         try:
-            sock.connect(path or socket_path())
+            sock.connect(path or paths.socket_path())
         except OSError as exc:
             raise AgentUnavailable(str(exc)) from exc
-        sock.settimeout(timeout or float(os.environ.get("LOXI_CNI_TIMEOUT", DEFAULT_TIMEOUT)))
-        payload = encode_request(env, stdin)
+        # One deadline for the whole exchange, not per recv: a trickling agent is a wedged one.
+        deadline = time.monotonic() + (timeout or _timeout())
+        payload = wire.encode_request(env, stdin)
         fd = _netns_fd(env)
         try:
             try:
+                sock.settimeout(max(deadline - time.monotonic(), 0.001))
                 if fd is None:
                     sock.sendall(payload)
                 else:
@@ -91,46 +82,53 @@ def call_agent(
             finally:
                 if fd is not None:
                     os.close(fd)
-            header = _recv_exact(sock, 12)
-        except OSError as exc:  # includes timeouts
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            code, length = wire.response_header(_recv_exact(sock, wire.RESPONSE_HEAD))
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            return code, _recv_exact(sock, length)
+        except (OSError, wire.FrameError) as exc:  # includes timeouts
             raise AgentLost(str(exc)) from exc
-        if header[:4] != RESPONSE_MAGIC:
-            raise AgentLost("the agent answered in an unknown format")
-        code = int.from_bytes(header[4:8], "big")
-        try:
-            out = _recv_exact(sock, int.from_bytes(header[8:12], "big"))
-        except OSError as exc:
-            raise AgentLost(str(exc)) from exc
-        return code, out
     finally:
         sock.close()
 
 
 def cni_version_of(stdin: bytes) -> str:
-    """The config's cniVersion, found without a JSON decoder (for error replies only)."""
+    """The config's cniVersion, found without a JSON decoder (for error replies only): a
+    version string is digits and dots, anything else answers in the latest version."""
     key = stdin.find(b'"cniVersion"')
     if key >= 0:
         start = stdin.find(b'"', stdin.find(b":", key) + 1)
         end = stdin.find(b'"', start + 1)
         if 0 <= start < end and end - start < 16:
-            return stdin[start + 1 : end].decode(errors="replace")
+            text = stdin[start + 1 : end]
+            if text and all(c in b"0123456789." for c in text):
+                return text.decode()
     return "1.1.0"
+
+
+def _json_string(text: str) -> str:
+    out = []
+    for c in text:
+        if c in '"\\':
+            out.append("\\" + c)
+        elif ord(c) < 0x20 or 0xD800 <= ord(c) <= 0xDFFF:
+            out.append(f"\\u{ord(c):04x}")
+        else:
+            out.append(c)
+    return '"' + "".join(out) + '"'
 
 
 def try_again_error(stdin: bytes, why: str) -> bytes:
     """CNI error 11 (try again later) for a request the agent lost."""
-    why = why.replace("\\", "\\\\").replace('"', '\\"')
-    version = cni_version_of(stdin)
     return (
-        f'{{"cniVersion":"{version}","code":11,"msg":"loxi-cni agent did not answer; '
-        f'try again","details":"{why}"}}\n'
+        f'{{"cniVersion":"{cni_version_of(stdin)}","code":11,'
+        f'"msg":"loxi-cni agent did not answer; try again","details":{_json_string(why)}}}\n'
     ).encode()
 
 
 def forward(environ: dict[str, str], stdin: bytes) -> tuple[int, bytes]:
     """Forward a CNI call; AgentUnavailable if no agent listens (run it in-process then)."""
-    env = {k: v for k, v in environ.items() if k.startswith(FORWARDED_PREFIXES)}
     try:
-        return call_agent(env, stdin)
+        return call_agent(wire.forwarded_env(environ), stdin)
     except AgentLost as exc:
         return 1, try_again_error(stdin, str(exc))

@@ -11,8 +11,8 @@ import sys
 
 
 def run_in_process(env: dict[str, str], stdin: bytes) -> tuple[int, bytes]:
+    from loxicni.base.logs import setup_logging
     from loxicni.cni import skel
-    from loxicni.logs import setup_logging
     from loxicni.plugin.config import KNOWN_ARGS
     from loxicni.plugin.handlers import LazyBridgePlugin
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from loxicni import logs
+from loxicni.base import logs
 
 ROOT = str(Path(__file__).resolve().parents[1])
 
@@ -22,7 +22,7 @@ def _fresh(code: str, level: str | None = None) -> subprocess.CompletedProcess[s
         env["LOXI_CNI_LOG_LEVEL"] = level
     prelude = (
         f"import sys; sys.path.insert(0, {ROOT!r})\n"
-        "from loxicni.logs import get_logger, setup_logging\n"
+        "from loxicni.base.logs import get_logger, setup_logging\n"
         "setup_logging()\n"
         "log = get_logger('loxi-cni')\n"
     )
@@ -63,7 +63,7 @@ def test_unknown_level_name_means_warning() -> None:
 def test_a_log_file_gets_info_and_stderr_keeps_its_handler(tmp_path: Path) -> None:
     path = tmp_path / "l.log"
     out = _fresh(
-        f"from loxicni.logs import add_log_file\nadd_log_file({str(path)!r})\nlog.info('hi')"
+        f"from loxicni.base.logs import add_log_file\nadd_log_file({str(path)!r})\nlog.info('hi')"
     )
     assert "hi" in path.read_text() and "hi" in out.stderr
 

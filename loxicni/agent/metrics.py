@@ -47,7 +47,7 @@ class Metrics:
         with self._lock:
             return sum(self.requests.values())
 
-    def render(self, attachments: int, pools: Iterable[PoolUsage]) -> str:
+    def render(self, attachments: int, pools: Iterable[PoolUsage], quarantined: int = 0) -> str:
         lines = [
             "# HELP loxi_cni_uptime_seconds Seconds since the agent started.",
             "# TYPE loxi_cni_uptime_seconds gauge",
@@ -84,6 +84,9 @@ class Metrics:
             "# HELP loxi_cni_attachments Attachments (pod interfaces) held on this node.",
             "# TYPE loxi_cni_attachments gauge",
             f"loxi_cni_attachments {attachments}",
+            "# HELP loxi_cni_quarantined_records Attachment records that cannot be read.",
+            "# TYPE loxi_cni_quarantined_records gauge",
+            f"loxi_cni_quarantined_records {quarantined}",
             "# HELP loxi_cni_addresses_in_use Addresses reserved, per network and range.",
             "# TYPE loxi_cni_addresses_in_use gauge",
         ]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from loxicni.cni.errors import CniError, Code
+from loxicni.cni.names import ifname_problem
 from loxicni.cni.version import LATEST, SUPPORTED_VERSIONS, at_least
 
 # Environment each command cannot do without (CNI_COMMAND itself is checked first).
@@ -31,7 +32,6 @@ _MIN_VERSION = {"CHECK": "0.4.0", "GC": "1.1.0", "STATUS": "1.1.0"}
 
 # Spelled out rather than \w, which would admit non-ASCII letters.
 _CONTAINER_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
-_IFNAME_MAX_BYTES = 15  # IFNAMSIZ (16) minus the kernel's NUL terminator
 
 # The CNI_ARGS key every plugin understands: accept keys meant for other plugins.
 IGNORE_UNKNOWN = "IgnoreUnknown"
@@ -94,25 +94,10 @@ def validate_container_id(container_id: str) -> None:
 
 def validate_ifname(ifname: str) -> None:
     """A name the kernel would accept for a link (the spec's and the reference's rules)."""
-    if not ifname:
-        raise CniError(Code.INVALID_ENV, "CNI_IFNAME is empty")
-    if _byte_len(ifname) > _IFNAME_MAX_BYTES:
-        raise CniError(
-            Code.INVALID_ENV,
-            f"CNI_IFNAME {ifname!r} is too long: at most {_IFNAME_MAX_BYTES} bytes",
-        )
-    if ifname in (".", ".."):
-        raise CniError(Code.INVALID_ENV, f"CNI_IFNAME must not be {ifname!r}")
-    if any(c in "/:" or c.isspace() for c in ifname):
-        raise CniError(Code.INVALID_ENV, f"CNI_IFNAME {ifname!r} contains '/', ':' or whitespace")
-
-
-def _byte_len(text: str) -> int:
-    """Length as the kernel counts it: the bytes the runtime put in the environment."""
-    try:
-        return len(text.encode("utf-8", "surrogateescape"))  # how os.environ decoded them
-    except UnicodeEncodeError:
-        return len(text.encode("utf-8", "surrogatepass"))
+    problem = ifname_problem(ifname)
+    if problem is not None:
+        what = "CNI_IFNAME" if not ifname else f"CNI_IFNAME {ifname!r}"
+        raise CniError(Code.INVALID_ENV, f"{what} {problem}")
 
 
 def parse_request(env: Mapping[str, str], stdin: bytes, known_args: frozenset[str]) -> Request:

@@ -19,10 +19,12 @@ IPv6 address under ``ip4``) is ``INVALID_CONFIG``. Every message names the field
 from __future__ import annotations
 
 import ipaddress
-import re
+from collections.abc import Mapping
 from typing import Any, NoReturn
 
+from loxicni.cni.addresses import parse_cidr
 from loxicni.cni.errors import CniError, Code
+from loxicni.cni.fields import Fields
 from loxicni.cni.types import (
     DNS,
     Interface,
@@ -39,7 +41,7 @@ JsonObj = dict[str, Any]
 
 _LEGACY = frozenset({"0.1.0", "0.2.0"})  # ip4/ip6 shape
 _VERSIONED_IPS = frozenset({"0.3.0", "0.3.1", "0.4.0"})  # ips[].version present
-_PREFIX_RE = re.compile(r"[0-9]{1,3}")
+_F = Fields(Code.DECODE_FAILURE, "invalid result: ")
 
 
 # --------------------------------------------------------------------------- encoding
@@ -174,15 +176,10 @@ def result_from_json(obj: Any, default_version: str | None = None) -> Result:
     reads an IPAM plugin's unversioned output as the config's version; without it a
     result must state its version.
     """
-    if not isinstance(obj, dict):
-        _bad("result", f"must be a JSON object, not {_kind(obj)}")
-    version = obj.get("cniVersion")
-    if version is None or version == "":
-        if default_version is None:
-            _bad("cniVersion", "missing")
-        version = default_version
-    if not isinstance(version, str):
-        _bad("cniVersion", f"must be a string, not {_kind(version)}")
+    obj = _F.as_object(obj, "result", required=True)
+    version = _F.as_str(obj.get("cniVersion"), "cniVersion", default=default_version or "")
+    if not version:
+        _F.fail("cniVersion", "missing")
     if version not in SUPPORTED_VERSIONS:
         raise CniError(
             Code.INCOMPATIBLE_VERSION,
@@ -197,49 +194,54 @@ def result_from_json(obj: Any, default_version: str | None = None) -> Result:
     return result
 
 
-def _modern_from_json(obj: JsonObj, check_ip_version: bool) -> Result:
-    interfaces = [
-        _interface_from_json(_as_obj(item, f"interfaces[{n}]"), f"interfaces[{n}]")
-        for n, item in enumerate(_opt_list(obj, "interfaces", "interfaces"))
+def _objects(obj: Mapping[str, Any], key: str, path: str) -> list[tuple[Mapping[str, Any], str]]:
+    """The objects of an optional array, each with its path."""
+    return [
+        (_F.as_object(item, f"{path}[{n}]", required=True), f"{path}[{n}]")
+        for n, item in enumerate(_F.as_list(obj.get(key), path))
     ]
+
+
+def _modern_from_json(obj: Mapping[str, Any], check_ip_version: bool) -> Result:
+    interfaces = [_interface_from_json(o, p) for o, p in _objects(obj, "interfaces", "interfaces")]
     ips = [
-        _ipconfig_from_json(
-            _as_obj(item, f"ips[{n}]"), f"ips[{n}]", len(interfaces), check_ip_version
-        )
-        for n, item in enumerate(_opt_list(obj, "ips", "ips"))
+        _ipconfig_from_json(o, p, len(interfaces), check_ip_version)
+        for o, p in _objects(obj, "ips", "ips")
     ]
-    routes = [
-        _route_from_json(_as_obj(item, f"routes[{n}]"), f"routes[{n}]")
-        for n, item in enumerate(_opt_list(obj, "routes", "routes"))
-    ]
+    routes = [_route_from_json(o, p) for o, p in _objects(obj, "routes", "routes")]
     return Result(interfaces=interfaces, ips=ips, routes=routes, dns=_dns_from_json(obj))
 
 
-def _interface_from_json(obj: JsonObj, path: str) -> Interface:
+def _interface_from_json(obj: Mapping[str, Any], path: str) -> Interface:
+    def text(key: str) -> str:
+        return _F.as_str(obj.get(key), f"{path}.{key}")
+
     name = obj.get("name")
     if not isinstance(name, str):
-        _bad(f"{path}.name", "missing" if name is None else f"must be a string, not {_kind(name)}")
+        _F.as_str(name, f"{path}.name", required=True)  # names the problem
     return Interface(
-        name=name,
-        mac=_opt_str(obj, "mac", path),
-        mtu=_opt_uint(obj, "mtu", path, zero_is_unset=True),
-        sandbox=_opt_str(obj, "sandbox", path),
-        socket_path=_opt_str(obj, "socketPath", path),
-        pci_id=_opt_str(obj, "pciID", path),
+        name=str(name),
+        mac=text("mac"),
+        mtu=_uint(obj, "mtu", path, zero_is_unset=True),
+        sandbox=text("sandbox"),
+        socket_path=text("socketPath"),
+        pci_id=text("pciID"),
     )
 
 
 def _ipconfig_from_json(
-    obj: JsonObj, path: str, n_interfaces: int, check_version: bool
+    obj: Mapping[str, Any], path: str, n_interfaces: int, check_version: bool
 ) -> IPConfig:
-    address = _cidr_address(_req_str(obj, "address", path), f"{path}.address")
+    address = _cidr_address(
+        _F.as_str(obj.get("address"), f"{path}.address", required=True), f"{path}.address"
+    )
     if check_version and obj.get("version") is not None:
         family = obj["version"]
         if family not in ("4", "6"):
-            _bad(f"{path}.version", f'must be "4" or "6", not {family!r}')
+            _F.fail(f"{path}.version", f'must be "4" or "6", not {family!r}')
         if family != str(address.version):
             _inconsistent(f"{path}.version", f"is {family!r} but the address is {address}")
-    interface = _opt_int(obj, "interface", path)
+    interface = _F.as_int(obj.get("interface"), f"{path}.interface")
     if interface is not None and not 0 <= interface < n_interfaces:
         _inconsistent(
             f"{path}.interface",
@@ -252,50 +254,47 @@ def _ipconfig_from_json(
     )
 
 
-def _route_from_json(obj: JsonObj, path: str, extended: bool = True) -> Route:
-    dst = _network(_req_str(obj, "dst", path), f"{path}.dst")
+def _route_from_json(obj: Mapping[str, Any], path: str, extended: bool = True) -> Route:
+    dst = _network(_F.as_str(obj.get("dst"), f"{path}.dst", required=True), f"{path}.dst")
     gw = _opt_address(obj, "gw", path)
     if not extended:
         return Route(dst=dst, gw=gw)
     return Route(
         dst=dst,
         gw=gw,
-        mtu=_opt_uint(obj, "mtu", path, zero_is_unset=True),
-        advmss=_opt_uint(obj, "advmss", path, zero_is_unset=True),
-        priority=_opt_uint(obj, "priority", path, zero_is_unset=True),
-        table=_opt_uint(obj, "table", path, zero_is_unset=False),
-        scope=_opt_uint(obj, "scope", path, zero_is_unset=False),
+        mtu=_uint(obj, "mtu", path, zero_is_unset=True),
+        advmss=_uint(obj, "advmss", path, zero_is_unset=True),
+        priority=_uint(obj, "priority", path, zero_is_unset=True),
+        table=_uint(obj, "table", path, zero_is_unset=False),
+        scope=_uint(obj, "scope", path, zero_is_unset=False),
     )
 
 
-def _dns_from_json(obj: JsonObj) -> DNS:
-    raw = obj.get("dns")
-    if raw is None:
-        return DNS()
-    dns = _as_obj(raw, "dns")
+def _dns_from_json(obj: Mapping[str, Any]) -> DNS:
+    dns = _F.as_object(obj.get("dns"), "dns")
     return DNS(
-        nameservers=_opt_str_list(dns, "nameservers", "dns"),
-        domain=_opt_str(dns, "domain", "dns"),
-        search=_opt_str_list(dns, "search", "dns"),
-        options=_opt_str_list(dns, "options", "dns"),
+        nameservers=_F.as_strs(dns.get("nameservers"), "dns.nameservers"),
+        domain=_F.as_str(dns.get("domain"), "dns.domain"),
+        search=_F.as_strs(dns.get("search"), "dns.search"),
+        options=_F.as_strs(dns.get("options"), "dns.options"),
     )
 
 
-def _legacy_from_json(obj: JsonObj) -> Result:
+def _legacy_from_json(obj: Mapping[str, Any]) -> Result:
     ips: list[IPConfig] = []
     routes: list[Route] = []
     for key, family in (("ip4", 4), ("ip6", 6)):
-        raw = obj.get(key)
-        if raw is None:
+        if obj.get(key) is None:
             continue
-        section = _as_obj(raw, key)
-        address = _cidr_address(_req_str(section, "ip", key), f"{key}.ip")
+        section = _F.as_object(obj[key], key)
+        address = _cidr_address(
+            _F.as_str(section.get("ip"), f"{key}.ip", required=True), f"{key}.ip"
+        )
         if address.version != family:
             _inconsistent(f"{key}.ip", f"{address} is not an IPv{family} address")
         ips.append(IPConfig(address=address, gateway=_opt_address(section, "gateway", key)))
         routes.extend(
-            _route_from_json(_as_obj(item, f"{key}.routes[{n}]"), f"{key}.routes[{n}]", False)
-            for n, item in enumerate(_opt_list(section, "routes", f"{key}.routes"))
+            _route_from_json(o, p, False) for o, p in _objects(section, "routes", f"{key}.routes")
         )
     return Result(ips=ips, routes=routes, dns=_dns_from_json(obj))
 
@@ -303,133 +302,46 @@ def _legacy_from_json(obj: JsonObj) -> Result:
 # --------------------------------------------------------------------------- field helpers
 
 
-def _bad(path: str, what: str) -> NoReturn:
-    raise CniError(Code.DECODE_FAILURE, f"invalid result: {path}: {what}")
-
-
 def _inconsistent(path: str, what: str) -> NoReturn:
     raise CniError(Code.INVALID_CONFIG, f"invalid result: {path}: {what}")
 
 
-def _kind(value: Any) -> str:
-    """The JSON name of a decoded value's type, for error messages."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
-
-
-def _as_obj(value: Any, path: str) -> JsonObj:
-    if not isinstance(value, dict):
-        _bad(path, f"must be an object, not {_kind(value)}")
-    return value
-
-
-def _req_str(obj: JsonObj, key: str, path: str) -> str:
-    value = obj.get(key)
-    if value is None:
-        _bad(f"{path}.{key}", "missing")
-    if not isinstance(value, str):
-        _bad(f"{path}.{key}", f"must be a string, not {_kind(value)}")
-    return value
-
-
-def _opt_str(obj: JsonObj, key: str, path: str) -> str:
-    value = obj.get(key)
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        _bad(f"{path}.{key}", f"must be a string, not {_kind(value)}")
-    return value
-
-
-def _opt_list(obj: JsonObj, key: str, path: str) -> list[Any]:
-    value = obj.get(key)
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        _bad(path, f"must be an array, not {_kind(value)}")
-    return value
-
-
-def _opt_str_list(obj: JsonObj, key: str, path: str) -> list[str]:
-    items = _opt_list(obj, key, f"{path}.{key}")
-    for n, item in enumerate(items):
-        if not isinstance(item, str):
-            _bad(f"{path}.{key}[{n}]", f"must be a string, not {_kind(item)}")
-    return list(items)
-
-
-def _opt_int(obj: JsonObj, key: str, path: str) -> int | None:
-    value = obj.get(key)
-    if value is None:
-        return None
-    # bool is an int subclass in Python but not a number in JSON.
-    if not isinstance(value, int) or isinstance(value, bool):
-        _bad(f"{path}.{key}", f"must be an integer, not {value!r}")
-    return value
-
-
-def _opt_uint(obj: JsonObj, key: str, path: str, *, zero_is_unset: bool) -> int | None:
+def _uint(obj: Mapping[str, Any], key: str, path: str, *, zero_is_unset: bool) -> int | None:
     """A non-negative integer; 0 reads as unset where Go's omitempty would drop it."""
-    value = _opt_int(obj, key, path)
+    value = _F.as_int(obj.get(key), f"{path}.{key}")
     if value is None:
         return None
     if value < 0:
-        _bad(f"{path}.{key}", f"must be a non-negative integer, not {value!r}")
+        _F.fail(f"{path}.{key}", f"must be a non-negative integer, not {value!r}")
     if value == 0 and zero_is_unset:
         return None
     return value
 
 
-def _opt_address(obj: JsonObj, key: str, path: str) -> IPAddress | None:
-    value = obj.get(key)
-    if value is None:
+def _opt_address(obj: Mapping[str, Any], key: str, path: str) -> IPAddress | None:
+    text = _F.as_str(obj.get(key), f"{path}.{key}")
+    if not text:
         return None
-    if not isinstance(value, str):
-        _bad(f"{path}.{key}", f"must be a string, not {_kind(value)}")
-    return _address(value, f"{path}.{key}")
-
-
-def _address(text: str, path: str) -> IPAddress:
     if "%" in text:  # Go's net.ParseIP has no zones; neither do CNI results
-        _bad(path, f"{text!r} is not an IP address")
+        _F.fail(f"{path}.{key}", f"{text!r} is not an IP address")
     try:
         return ipaddress.ip_address(text)
     except ValueError:
-        _bad(path, f"{text!r} is not an IP address")
+        _F.fail(f"{path}.{key}", f"{text!r} is not an IP address")
 
 
-def _split_cidr(text: str, path: str) -> tuple[str, str]:
-    """Insist on "ADDR/LEN": ipaddress would also take a bare address or a dotted netmask."""
-    addr, sep, prefix = text.partition("/")
-    if not sep or not _PREFIX_RE.fullmatch(prefix) or "%" in addr:
-        _bad(path, f"{text!r} is not a CIDR (address/prefix-length)")
-    return addr, prefix
+def _cidr(text: str, path: str) -> tuple[IPAddress, int]:
+    try:
+        return parse_cidr(text)
+    except ValueError:
+        _F.fail(path, f"{text!r} is not a CIDR (address/prefix-length)")
 
 
 def _cidr_address(text: str, path: str) -> IPInterface:
     """An address with its prefix length, host bits kept (10.1.2.3/24)."""
-    _split_cidr(text, path)
-    try:
-        return ipaddress.ip_interface(text)
-    except ValueError:
-        _bad(path, f"{text!r} is not a CIDR (address/prefix-length)")
+    return ipaddress.ip_interface(_cidr(text, path))
 
 
 def _network(text: str, path: str) -> IPNetwork:
     """A route destination; host bits are masked off, as the kernel requires."""
-    _split_cidr(text, path)
-    try:
-        return ipaddress.ip_network(text, strict=False)
-    except ValueError:
-        _bad(path, f"{text!r} is not a CIDR (address/prefix-length)")
+    return ipaddress.ip_network(_cidr(text, path), strict=False)

@@ -11,12 +11,12 @@ import json
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from loxicni.base.logs import get_logger
 from loxicni.cni.errors import CniError, Code
 from loxicni.cni.request import Request, RequestError, parse_request
 from loxicni.cni.result import result_to_json
 from loxicni.cni.types import Result
 from loxicni.cni.version import LATEST, SUPPORTED_VERSIONS
-from loxicni.logs import get_logger
 
 log = get_logger(__name__)  # imports logging only if something is logged
 

@@ -37,3 +37,11 @@ def parse(v: str) -> tuple[int, int, int]:
 def at_least(v: str, minimum: str) -> bool:
     """True if version ``v`` is ``minimum`` or newer."""
     return parse(v) >= parse(minimum)
+
+
+def is_at_least(v: object, minimum: str) -> bool:
+    """Like ``at_least``, but anything that is not a version string counts as older."""
+    try:
+        return isinstance(v, str) and parse(v) >= parse(minimum)
+    except CniError:
+        return False

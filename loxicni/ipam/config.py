@@ -1,9 +1,8 @@
 """host-local IPAM configuration, parsed and validated the way the reference plugin does it.
 
-The reference is containernetworking/plugins ``plugins/ipam/host-local`` (``allocator/config.go``,
-``range.go``, ``range_set.go``, ``pkg/ip``). A config it accepts must be accepted here with the same
-defaults and the same range-set order, because the range-set index names the
-``last_reserved_ip.<index>`` file both plugins share. Every bad value is reported as
+The reference is the host-local IPAM of containernetworking/plugins. A config it accepts must be
+accepted here with the same defaults and the same range-set order, because the range-set index
+names the ``last_reserved_ip.<index>`` file both plugins share. Every bad value is reported as
 ``CniError(INVALID_CONFIG)`` naming the offending field.
 """
 
@@ -11,20 +10,20 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from loxicni.cni import version as cni_version
+from loxicni.cni.addresses import canonical, parse_ip
+from loxicni.cni.addresses import parse_pool_cidr as parse_cidr
 from loxicni.cni.errors import CniError, Code
+from loxicni.cni.fields import Fields
+from loxicni.cni.names import valid_network_name
 from loxicni.cni.types import IPAddress, IPNetwork, Route
 
 DEFAULT_DATA_DIR = Path("/var/lib/cni/networks")
-
-# The reference (libcni) network-name rule; it also keeps the name a single path component.
-_NETWORK_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*")
-_PREFIX = re.compile(r"[0-9]+")
 
 
 @dataclass(frozen=True)
@@ -90,8 +89,26 @@ class HostLocalConfig:
         return self.data_dir / self.network
 
 
+# Go's encoding/json matches keys case-insensitively, the last match winning.
+_F = Fields(Code.INVALID_CONFIG, fold_case=True)
+_get = _F.get
+
+
 def _bad(field: str, msg: str) -> CniError:
     return CniError(Code.INVALID_CONFIG, f"{field}: {msg}")
+
+
+def _mapping(value: Any, field: str) -> Mapping[str, Any] | None:
+    return None if value is None else _F.as_object(value, field)
+
+
+def _list(value: Any, field: str) -> Sequence[Any]:
+    return _F.as_list(value, field)
+
+
+def _string(value: Any, field: str) -> str | None:
+    """An optional string; ``""`` counts as unset, as Go's zero value does."""
+    return _F.as_str(value, field) or None
 
 
 def _quote(value: object) -> str:
@@ -99,77 +116,6 @@ def _quote(value: object) -> str:
         return json.dumps(value)
     except (TypeError, ValueError):
         return repr(value)
-
-
-def _get(obj: Mapping[str, Any], key: str) -> Any:
-    """Look a key up like Go's encoding/json: case-insensitively, the last match winning.
-
-    The reference decodes with encoding/json, so ``"RangeStart"`` configures ``rangeStart``;
-    ignoring such a key would silently change which addresses a migrated node hands out.
-    """
-    folded = key.lower()
-    value: Any = None
-    for k, v in obj.items():
-        if k == key or k.lower() == folded:
-            value = v
-    return value
-
-
-def _mapping(value: Any, field: str) -> Mapping[str, Any] | None:
-    if value is None:
-        return None
-    if not isinstance(value, Mapping):
-        raise _bad(field, f"expected an object, got {_quote(value)}")
-    return value
-
-
-def _list(value: Any, field: str) -> Sequence[Any]:
-    if value is None:
-        return ()
-    if not isinstance(value, list | tuple):
-        raise _bad(field, f"expected a list, got {_quote(value)}")
-    return value
-
-
-def _string(value: Any, field: str) -> str | None:
-    """An optional string; ``""`` counts as unset, as Go's zero value does."""
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise _bad(field, f"expected a string, got {_quote(value)}")
-    return value
-
-
-def _canonical(ip: IPAddress) -> IPAddress:
-    """IPv4-mapped IPv6 becomes IPv4 (the reference's canonicalizeIP / To4)."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
-
-
-def parse_ip(text: str) -> IPAddress:
-    """Parse a bare address the way Go's net.ParseIP does; ValueError if it is not one."""
-    if "%" in text:  # Python accepts IPv6 scope ids; Go does not
-        raise ValueError(text)
-    return _canonical(ipaddress.ip_address(text))
-
-
-def parse_cidr(text: str) -> tuple[IPAddress, int]:
-    """Parse ``addr/prefix`` like Go's net.ParseCIDR, keeping host bits (the caller judges them).
-
-    ValueError if it is not a CIDR. An IPv4-mapped IPv6 network is refused: the reference
-    rejects it too (its address canonicalizes to IPv4 while the mask stays IPv6).
-    """
-    addr_text, sep, prefix_text = text.partition("/")
-    if not sep or not _PREFIX.fullmatch(prefix_text) or "%" in addr_text:
-        raise ValueError(text)
-    addr = ipaddress.ip_address(addr_text)
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        raise ValueError(text)
-    prefix = int(prefix_text)
-    if prefix > addr.max_prefixlen:
-        raise ValueError(text)
-    return addr, prefix
 
 
 def _ip_field(value: Any, field: str) -> IPAddress | None:
@@ -187,7 +133,7 @@ def _requested_ip(text: Any, field: str) -> IPAddress:
     if not isinstance(text, str) or not text:
         raise _bad(field, f"{_quote(text)} is not an IP address")
     try:
-        return _canonical(parse_cidr(text)[0]) if "/" in text else parse_ip(text)
+        return canonical(parse_cidr(text)[0]) if "/" in text else parse_ip(text)
     except ValueError:
         raise _bad(field, f"{_quote(text)} is not an IP address") from None
 
@@ -317,12 +263,6 @@ def _requested(netconf: Mapping[str, Any], cni_args: Mapping[str, str]) -> tuple
     return tuple(dict.fromkeys(found))
 
 
-def _version_tuple(text: Any) -> tuple[int, ...] | None:
-    if not isinstance(text, str) or not re.fullmatch(r"[0-9]+(\.[0-9]+){0,2}", text):
-        return None
-    return tuple(int(p) for p in text.split("."))
-
-
 def _range_sets(
     netconf: Mapping[str, Any], ipam: Mapping[str, Any]
 ) -> Iterator[tuple[RangeSet, str]]:
@@ -343,7 +283,7 @@ def _range_sets(
 def parse_host_local(netconf: Mapping[str, Any], cni_args: Mapping[str, str]) -> HostLocalConfig:
     """Parse the whole network config (the plugin's stdin) plus the parsed CNI_ARGS."""
     name = _get(netconf, "name")
-    if not isinstance(name, str) or not _NETWORK_NAME.fullmatch(name):
+    if not isinstance(name, str) or not valid_network_name(name):
         raise _bad("name", f"{_quote(name)} is not a valid network name")
     ipam = _mapping(_get(netconf, "ipam"), "ipam")
     if ipam is None:
@@ -365,8 +305,7 @@ def parse_host_local(netconf: Mapping[str, Any], cni_args: Mapping[str, str]) ->
         raise _bad("ipam.ranges", "no IP ranges specified")
     range_sets = tuple(rs for rs, _ in sources)
 
-    version = _version_tuple(_get(netconf, "cniVersion"))
-    if version is None or version < (0, 3, 0):
+    if not cni_version.is_at_least(_get(netconf, "cniVersion"), "0.3.0"):
         for family in (4, 6):
             if sum(rs.version == family for rs in range_sets) > 1:
                 raise _bad(

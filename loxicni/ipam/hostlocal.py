@@ -1,10 +1,10 @@
 """host-local IPAM operations, served in-process on the reference plugin's store.
 
-Allocation follows the reference (``host-local/main.go``, ``backend/allocator/allocator.go``):
-one address per range set; a requested address if one falls in the set, otherwise round-robin
-from the set's ``last_reserved_ip`` + 1 across its ranges, skipping each range's gateway, until
-the walk comes back to where it started. Each operation holds the store lock only around its
-read-modify-write, so the reference binary can work on the same data dir at the same time.
+Allocation follows the reference host-local plugin: one address per range set; a requested
+address if one falls in the set, otherwise round-robin from the set's ``last_reserved_ip`` + 1
+across its ranges, skipping each range's gateway, until the walk comes back to where it started.
+Each operation holds the store lock only around its read-modify-write, so the reference binary
+can work on the same data dir at the same time.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from loxicni.ipam.store import Store
 
 
 def parse_resolv_conf(path: str) -> DNS:
-    """DNS settings from a resolv.conf, read like the reference's ``dns.go``: ``nameserver``
+    """DNS settings from a resolv.conf, read like the reference's: ``nameserver``
     lines append one server, ``search`` and ``options`` append all their words, the last
     ``domain`` wins; comments (``#``, ``;``) and lines with fewer than two words are skipped."""
     try:
@@ -93,7 +93,7 @@ def _ip_config(r: Range, ip: IPAddress) -> IPConfig:
 
 
 def _match_requested(cfg: HostLocalConfig) -> tuple[list[IPAddress | None], list[IPAddress]]:
-    """Give each range set the first requested address it contains (main.go's matching);
+    """Give each range set the first requested address it contains (the reference's matching);
     returns the per-set choice and the requests no set took."""
     plan: list[IPAddress | None] = [None] * len(cfg.range_sets)
     left: list[IPAddress] = []
@@ -116,7 +116,7 @@ def _allocate_one(
     held: list[IPAddress],
     attachment: tuple[str, str],
 ) -> IPConfig:
-    """One range set's address (allocator.go's Get)."""
+    """One range set's address (the reference allocator's Get)."""
     range_set = cfg.range_sets[idx]
     cid, ifname = attachment
     for ip in held:
@@ -147,7 +147,7 @@ def _allocate_one(
 def allocate(cfg: HostLocalConfig, container_id: str, ifname: str) -> Result:
     """ADD: one address per range set, all or nothing.
 
-    Steps and failure points follow main.go, range set by range set, so that even a failed
+    Steps and failure points follow the reference, range set by range set, so that even a failed
     ADD leaves last_reserved_ip exactly as the reference would (it advances, then the
     addresses are given back); later allocations then agree with the reference's.
     """
@@ -199,10 +199,13 @@ def check(cfg: HostLocalConfig, container_id: str, ifname: str) -> list[IPAddres
     return ips
 
 
-def gc(cfg: HostLocalConfig, valid: Collection[tuple[str, str]]) -> list[IPAddress]:
+def gc(
+    cfg: HostLocalConfig, valid: Collection[tuple[str, str]], started: float | None = None
+) -> list[IPAddress]:
     """GC: free every reservation not held by a valid attachment; returns what was freed.
 
     Old-format files (container ID only) stay while any attachment of that container is valid.
+    A reservation made at or after ``started`` stays too: the valid list is older than it.
     """
     store = Store(cfg.data_dir, cfg.network)
     if not store.exists():
@@ -210,12 +213,16 @@ def gc(cfg: HostLocalConfig, valid: Collection[tuple[str, str]]) -> list[IPAddre
     keep = {(cid.strip(), ifname) for cid, ifname in valid}
     keep_containers = {cid for cid, _ in keep}
     released: list[IPAddress] = []
+    holders = set(keep)
     with store.locked():
         for ip, (cid, ifname) in store.reservations().items():
             alive = (cid, ifname) in keep if ifname else cid in keep_containers
-            if not alive and store.release(ip):
+            if alive or (started is not None and store.reserved_at(ip) >= started):
+                holders.add((cid, ifname))
+                continue
+            if store.release(ip):
                 released.append(ip)
-        store.prune_index(keep)
+        store.prune_index(holders)
     return released
 
 

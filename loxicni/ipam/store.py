@@ -1,7 +1,7 @@
 """The reference host-local on-disk store, shared byte for byte with the reference binary.
 
-Layout (containernetworking/plugins ``host-local/backend/disk/backend.go`` and ``lock.go``), one
-directory per network, ``<dataDir>/<network>/``:
+Layout (the reference's disk backend and its file lock), one directory per network,
+``<dataDir>/<network>/``:
 
 * ``<ip>``: one file per reserved address, named by Go's ``IP.String()``, created exclusively,
   holding ``containerID\\r\\nifname`` (old versions wrote the container ID alone);
@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+from loxicni.base import files
 from loxicni.cni.errors import CniError, Code
 from loxicni.cni.types import IPAddress
 
@@ -46,7 +47,6 @@ DIR_MODE = 0o755
 INDEX_MODE = 0o600
 _TMP_SUFFIX = ".tmp"
 _RESERVE_TMP = ".reserve" + _TMP_SUFFIX
-_LAST_TMP = ".last" + _TMP_SUFFIX
 _PROBE_TMP = ".probe" + _TMP_SUFFIX
 
 
@@ -72,23 +72,6 @@ def _makedirs(path: Path) -> None:
         _makedirs(path.parent)
     with suppress(FileExistsError):
         os.mkdir(path, DIR_MODE)
-
-
-def _write_new(path: Path, data: bytes, mode: int, *, sync: bool) -> None:
-    """Create ``path`` exclusively and write ``data``; the file is removed if writing fails."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        if sync:
-            os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        with suppress(OSError):
-            os.unlink(path)
-        raise
-    os.close(fd)
 
 
 def _unlink_quiet(path: Path) -> None:
@@ -153,6 +136,13 @@ class Store:
         content = self._read(self._path(ip))
         return None if content is None else owner_of(content)
 
+    def reserved_at(self, ip: IPAddress) -> float:
+        """When ``ip`` was reserved (its file's mtime); 0 if it is free."""
+        try:
+            return os.stat(self._path(ip), follow_symlinks=False).st_mtime
+        except FileNotFoundError:
+            return 0.0
+
     def reserve(self, ip: IPAddress, container_id: str, ifname: str, range_set_index: int) -> bool:
         """Reserve ``ip`` for the attachment; False if it is taken. Records last_reserved_ip."""
         path = self._path(ip)
@@ -178,7 +168,7 @@ class Store:
         """
         tmp = self.index_dir / _RESERVE_TMP
         _unlink_quiet(tmp)  # a leftover may be linked to a live reservation: never reopen it
-        _write_new(tmp, data, RESERVATION_MODE, sync=False)
+        files.write_new(tmp, data, RESERVATION_MODE, sync=False)
         try:
             os.link(tmp, path)
         except FileExistsError:
@@ -187,7 +177,7 @@ class Store:
             if e.errno not in (errno.EXDEV, errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
                 raise
             try:
-                _write_new(path, data, RESERVATION_MODE, sync=False)
+                files.write_new(path, data, RESERVATION_MODE, sync=False)
             except FileExistsError:
                 return False
         finally:
@@ -195,21 +185,19 @@ class Store:
         return True
 
     def _write_last_reserved(self, range_set_index: int, ip: IPAddress) -> None:
-        """Replace last_reserved_ip.<index> atomically (a torn one only costs round-robin)."""
+        """Replace last_reserved_ip.<index> atomically (a torn one only costs round-robin);
+        the temporary file lives in our index directory, where the reference never looks."""
         final = self.dir / f"{LAST_RESERVED_PREFIX}{range_set_index}"
-        tmp = self.index_dir / _LAST_TMP
-        _unlink_quiet(tmp)
-        _write_new(tmp, str(ip).encode(), LAST_RESERVED_MODE, sync=False)
+        data = str(ip).encode()
         try:
-            os.replace(tmp, final)
+            files.write_atomic(final, data, mode=LAST_RESERVED_MODE, temp_dir=self.index_dir)
         except OSError as e:
-            _unlink_quiet(tmp)
             if e.errno != errno.EXDEV:
                 raise
             flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
             fd = os.open(final, flags, LAST_RESERVED_MODE)
             try:
-                os.write(fd, str(ip).encode())
+                os.write(fd, data)
             finally:
                 os.close(fd)
 
@@ -316,7 +304,7 @@ class Store:
         return [ip for ip in ips if ip is not None]
 
     def _index_write(self, container_id: str, ifname: str, ips: list[IPAddress]) -> None:
-        """Replace the entry atomically (temp file + rename).
+        """Replace the entry atomically.
 
         No fsync, like the reference store: a killed process loses nothing from the page cache,
         and a power loss takes every pod (and so every attachment) with it.
@@ -326,14 +314,7 @@ class Store:
             self._index_drop(container_id, ifname)
             return
         doc = {"containerID": container_id.strip(), "ifname": ifname, "ips": [str(i) for i in ips]}
-        tmp = path.with_name(path.name + _TMP_SUFFIX)
-        _unlink_quiet(tmp)
-        _write_new(tmp, json.dumps(doc).encode(), INDEX_MODE, sync=False)
-        try:
-            os.replace(tmp, path)
-        except BaseException:
-            _unlink_quiet(tmp)
-            raise
+        files.write_atomic(path, json.dumps(doc).encode(), mode=INDEX_MODE)
 
     def _index_add(self, container_id: str, ifname: str, ip: IPAddress) -> None:
         """Add ``ip`` before it is reserved, dropping addresses the attachment no longer holds."""
@@ -352,7 +333,6 @@ class Store:
         path = self._index_path(container_id, ifname)
         try:
             _unlink_quiet(path)
-            _unlink_quiet(path.with_name(path.name + _TMP_SUFFIX))
         except OSError as e:
             raise _io_error("cannot remove index entry", path, e) from e
 
@@ -369,8 +349,8 @@ class Store:
             raise _io_error("cannot list", self.index_dir, e) from e
         for entry in entries:
             path = Path(entry.path)
-            if entry.name.endswith(_TMP_SUFFIX):
-                _unlink_quiet(path)
+            if files.is_temp_name(entry.name) or entry.name.endswith(_TMP_SUFFIX):
+                _unlink_quiet(path)  # a writer's debris: every writer holds the store lock
                 continue
             try:
                 doc = json.loads(path.read_bytes())
@@ -386,7 +366,7 @@ class Store:
             probe = directory / _PROBE_TMP
             try:
                 _unlink_quiet(probe)
-                _write_new(probe, b"probe", INDEX_MODE, sync=True)
+                files.write_new(probe, b"probe", INDEX_MODE, sync=True)
                 os.unlink(probe)
             except OSError as e:
                 raise _io_error("cannot write to", directory, e) from e

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 from typing import Any
 
 import httpx2 as httpx
 from lightkube import ApiError, Client, KubeConfig
+from lightkube.config.client_adapter import verify_cluster
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.core_v1 import Node, Pod, PodStatus
 from lightkube.types import PatchType
 
 from loxicni.k8s import attachments
-from loxicni.k8s.watcher import SERVER_TIMEOUT
+from loxicni.k8s.pods import CONFIG_MIRROR
 
 FIELD_MANAGER = "loxi-cni-agent"
 REQUEST_TIMEOUT = 10.0
@@ -38,22 +40,38 @@ def _quiet_http_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+# TCP keepalive on every connection to the API server, as client-go sets it: lightkube reads
+# watch streams without a read timeout, so a connection that dies silently (a node losing its
+# route to the API server) is found by the kernel's probes instead (idle 30 s, then 3 probes
+# 10 s apart), and a write the peer never acknowledges fails after TCP_USER_TIMEOUT.
+_KEEPALIVE = [
+    (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 30),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3),
+    (socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 60_000),
+]
+
+
 def connect(kubeconfig: str | None) -> Client:
     """A client from a kubeconfig file, or in-cluster (the pod's ServiceAccount token, re-read
     when it rotates)."""
     _quiet_http_logs()
     config = KubeConfig.from_file(kubeconfig) if kubeconfig else KubeConfig.from_service_account()
-    client = Client(
+    single = config.get()
+    if single is None or single.user is None:
+        raise ValueError("the kubeconfig names no current context with a user")
+    # A transport of our own for the socket options; it must carry the TLS settings itself,
+    # since httpx applies the client's own only to the transport it makes.
+    verify = verify_cluster(single.cluster, single.user, single.abs_file, trust_env=False)
+    transport = httpx.HTTPTransport(verify=verify, socket_options=_KEEPALIVE)
+    return Client(
         config=config,
         timeout=httpx.Timeout(REQUEST_TIMEOUT),
         field_manager=FIELD_MANAGER,
         trust_env=False,
+        transport=transport,
     )
-    # lightkube reads watch streams without a timeout; a connection that dies silently (a
-    # node losing its route to the API server) would then stall the watch forever. The server
-    # ends every watch after SERVER_TIMEOUT, so waiting a little longer than that is safe.
-    client._client._watch_timeout = httpx.Timeout(REQUEST_TIMEOUT, read=SERVER_TIMEOUT + 30)
-    return client
 
 
 class Api:
@@ -98,15 +116,21 @@ class Api:
             out[(meta.get("namespace", ""), meta.get("name", ""))] = data
         return out
 
-    def pod_uid(self, namespace: str, name: str) -> str | None:
-        """The UID of the Pod now called ``namespace/name``, or None if there is none."""
+    def pod_uids(self, namespace: str, name: str) -> set[str]:
+        """The UIDs the Pod now called ``namespace/name`` answers to: its own, and for a mirror
+        pod its static pod's; empty if there is no such Pod."""
         try:
             pod = self.client.get(Pod, name, namespace=namespace)
         except ApiError as exc:
             if exc.status.code == 404:
-                return None
+                return set()
             raise
-        return pod.metadata.uid if pod.metadata else None
+        meta = pod.metadata
+        if meta is None:
+            return set()
+        uids = {meta.uid or ""}
+        uids.add((meta.annotations or {}).get(CONFIG_MIRROR, ""))
+        return uids - {""}
 
     def annotate_network_status(
         self, namespace: str, name: str, uid: str, status: list[dict[str, Any]]

@@ -16,7 +16,7 @@ from typing import Any
 from loxicni.cni.errors import CniError
 from loxicni.cni.request import parse_cni_args
 from loxicni.plugin import records
-from loxicni.plugin.config import parse_config
+from loxicni.plugin.config import DEFAULT_BRIDGE
 
 GROUP = "loxicni.io"
 VERSION = "v1alpha1"
@@ -86,11 +86,11 @@ def from_record(record: records.Record) -> Attachment | None:
     pod = pod_of(record.cni_args)
     if pod is None:
         return None
-    try:
-        cfg = parse_config(record.config, str(record.config.get("cniVersion", "")), {}, None)
-        bridge, vlan = cfg.bridge, cfg.vlan
-    except CniError:
-        bridge, vlan = str(record.config.get("bridge", "")), 0
+    bridge, vlan = record.bridge, record.vlan
+    if not bridge:  # a record of an older version: read what its config asked for
+        raw_vlan = record.config.get("vlan") or record.config.get("vlanID")
+        bridge = str(record.config.get("bridge") or DEFAULT_BRIDGE)
+        vlan = raw_vlan if isinstance(raw_vlan, int) and not isinstance(raw_vlan, bool) else 0
     return Attachment(
         key=record.key,
         pod=pod,

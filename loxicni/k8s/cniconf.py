@@ -14,10 +14,11 @@ from __future__ import annotations
 import copy
 import ipaddress
 import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from loxicni.base import files
 
 PLUGIN_TYPE = "loxi-cni"
 SUBNET_KEYS = ("subnet", "rangeStart", "rangeEnd", "gateway", "ranges")
@@ -105,7 +106,8 @@ def render(template: Mapping[str, Any], pod_cidrs: Sequence[str]) -> dict[str, A
 
 
 def write_atomically(path: Path, conf: Mapping[str, Any]) -> bool:
-    """Replace ``path`` with ``conf`` unless it already holds it; True if written."""
+    """Replace ``path`` with ``conf`` unless it already holds it; True if written. Synced:
+    the runtime must find the config after a power loss as well."""
     text = json.dumps(conf, indent=2) + "\n"
     try:
         if path.read_text() == text:
@@ -113,19 +115,5 @@ def write_atomically(path: Path, conf: Mapping[str, Any]) -> bool:
     except (FileNotFoundError, UnicodeDecodeError):
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-    try:
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), "w") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    files.write_atomic(path, text.encode(), mode=0o644, sync=True)
     return True

@@ -16,7 +16,6 @@ recorded config, as the agent's start-up reconcile does, and its resource delete
 from __future__ import annotations
 
 import json
-import logging
 import threading
 import time
 from collections import defaultdict
@@ -26,7 +25,7 @@ from typing import Any
 
 import httpx2 as httpx
 
-from loxicni.agent.state import release
+from loxicni.base.logs import get_logger
 from loxicni.k8s import attachments
 from loxicni.k8s.api import Api, ApiError, Node, Pod, connect
 from loxicni.k8s.attachments import Attachment
@@ -37,10 +36,13 @@ from loxicni.k8s.pods import PodCache, PodInfo, pod_info
 from loxicni.k8s.watcher import Watcher
 from loxicni.net.reaper import LinkReaper
 from loxicni.plugin import records
+from loxicni.plugin.release import FAILED, RELEASED, Outcome, release
 
-log = logging.getLogger("loxi-cni.k8s")
+log = get_logger(__name__)
 
 API_ERRORS = (ApiError, httpx.HTTPError, OSError)
+# Releases an orphan's record if ``still(current record)`` holds under its lock.
+ReleaseFn = Callable[[records.Record, Callable[[records.Record], bool]], Outcome]
 
 
 def _fingerprint(obj: dict[str, Any]) -> str:
@@ -51,6 +53,14 @@ def _fingerprint(obj: dict[str, Any]) -> str:
     return json.dumps(
         [obj.get("spec"), obj.get("status"), labels, owners], sort_keys=True, default=str
     )
+
+
+@dataclass
+class _Plan:
+    desired: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    orphaned: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    by_pod: dict[str, list[Attachment]] = field(default_factory=lambda: defaultdict(list))
+    quarantined: set[str] = field(default_factory=set)  # key prefixes of unreadable records
 
 
 @dataclass
@@ -67,12 +77,12 @@ class Controller:
         options: KubeOptions,
         api: Api,
         reaper: LinkReaper | None = None,
-        release_fn: Callable[[records.Record], tuple[int, bytes]] | None = None,
+        release_fn: ReleaseFn | None = None,
     ) -> None:
         self.options = options
         self.api = api
         self.reaper = reaper
-        self.release_fn = release_fn or (lambda record: release(record, self.reaper))
+        self.release_fn = release_fn or (lambda record, still: release(record, self.reaper, still))
         self.pods = PodCache()
         self.nodeconf = NodeConfWriter(options)
         self.stop_event = threading.Event()
@@ -198,80 +208,10 @@ class Controller:
         report = SyncReport()
         now = time.monotonic()
         self.syncs += 1
-        if self.published is None or now - self.last_relist >= self.options.resync:
-            self.published = {k: _fingerprint(v) for k, v in self.api.interfaces().items()}
-            self.last_relist = now
-            self.nodeconf.refresh()
-        published = self.published
-
-        desired: dict[tuple[str, str], dict[str, Any]] = {}
-        orphaned: dict[tuple[str, str], dict[str, Any]] = {}
-        by_pod: dict[str, list[Attachment]] = defaultdict(list)
-        live_keys: set[str] = set()
-        for record in list(records.all_records()):
-            att = attachments.from_record(record)
-            if att is None:
-                continue
-            live_keys.add(att.key)
-            where = (att.pod.namespace, att.resource_name)
-            pod = self._pod_of(att)
-            if pod is not None or not self.pods.synced:
-                self.orphan_since.pop(att.key, None)
-                uid = pod.uid if pod is not None else att.pod.uid
-                if uid:
-                    desired[where] = attachments.resource_body(att, self.options.node_name, uid)
-                    by_pod[uid].append(att)
-                continue
-            # The Pod is gone and no DEL came.
-            since = self.orphan_since.setdefault(att.key, now)
-            if now - since >= self.options.grace_period and self._confirm_gone(att):
-                code, out = self.release_fn(record)
-                if code == 0:
-                    self.orphan_since.pop(att.key, None)
-                    report.released.append(f"{att.pod.namespace}/{att.pod.name} {att.ifname}")
-                    self.released_total += 1
-                    log.info(
-                        "released %s/%s %s (%s, %s): its Pod is gone and no DEL came in %.0f s",
-                        att.pod.namespace,
-                        att.pod.name,
-                        att.ifname,
-                        att.host_veth,
-                        ", ".join(att.ips),
-                        now - since,
-                    )
-                    continue
-                log.warning("release of %s failed: %s", att.resource_name, out.decode("replace"))
-            if where in published:
-                orphaned[where] = attachments.resource_body(
-                    att, self.options.node_name, att.pod.uid, attachments.ORPHANED
-                )
-        for key in list(self.orphan_since):
-            if key not in live_keys:
-                del self.orphan_since[key]  # DELeted meanwhile
-
-        for where, body in desired.items():
-            fingerprint = _fingerprint(body)
-            if published.get(where) != fingerprint:
-                self.api.apply_interface(body)
-                published[where] = fingerprint
-                report.applied += 1
-        for where, body in orphaned.items():
-            fingerprint = _fingerprint(body)
-            if published.get(where) != fingerprint:
-                if self.api.mark_interface(*where, attachments.ORPHANED):
-                    published[where] = fingerprint
-                else:
-                    del published[where]
-        for where in [w for w in published if w not in desired and w not in orphaned]:
-            self.api.delete_interface(*where)
-            del published[where]
-            report.deleted += 1
-
-        for uid, atts in by_pod.items():
-            if self._annotate(uid, atts):
-                report.annotated += 1
-        for uid in [u for u in self.annotated if u not in by_pod]:
-            del self.annotated[uid]
+        published = self._relist_if_due(now)
+        plan = self._plan(now, report)
+        self._publish(published, plan, report)
+        self._annotate_pods(plan.by_pod, report)
         if report.applied or report.deleted or report.annotated or report.released:
             log.info(
                 "sync: %d applied, %d deleted, %d pods annotated, %d released",
@@ -282,18 +222,123 @@ class Controller:
             )
         return report
 
+    def _relist_if_due(self, now: float) -> dict[tuple[str, str], str]:
+        """Our resources as the API holds them: relisted every ``resync`` (so one deleted by
+        hand comes back), else as we last wrote them."""
+        if self.published is None or now - self.last_relist >= self.options.resync:
+            self.published = {k: _fingerprint(v) for k, v in self.api.interfaces().items()}
+            self.last_relist = now
+            self.nodeconf.refresh()
+        return self.published
+
+    def _plan(self, now: float, report: SyncReport) -> _Plan:
+        """What the API should hold, from the records; orphans past their grace released."""
+        plan = _Plan()
+        scan = records.scan()
+        plan.quarantined = {bad.key[:6] for bad in scan.unreadable}
+        live_keys: set[str] = set()
+        for record in scan.records:
+            att = attachments.from_record(record)
+            if att is None:
+                continue
+            live_keys.add(att.key)
+            where = (att.pod.namespace, att.resource_name)
+            pod = self._pod_of(att)
+            if pod is not None or not self.pods.synced:
+                self.orphan_since.pop(att.key, None)
+                uid = pod.uid if pod is not None else att.pod.uid
+                if uid:
+                    plan.desired[where] = attachments.resource_body(
+                        att, self.options.node_name, uid
+                    )
+                    plan.by_pod[uid].append(att)
+                continue
+            # The Pod is gone and no DEL came.
+            if self._release_if_due(record, att, now, report):
+                continue
+            if self.published is not None and where in self.published:
+                plan.orphaned[where] = attachments.resource_body(
+                    att, self.options.node_name, att.pod.uid, attachments.ORPHANED
+                )
+        for key in list(self.orphan_since):
+            if key not in live_keys:
+                del self.orphan_since[key]  # DELeted meanwhile
+        return plan
+
+    def _release_if_due(
+        self, record: records.Record, att: Attachment, now: float, report: SyncReport
+    ) -> bool:
+        """Release an orphan once its grace period is over and the API confirms its Pod is
+        gone; True if it was released."""
+        since = self.orphan_since.setdefault(att.key, now)
+        if now - since < self.options.grace_period or not self._confirm_gone(att):
+            return False
+        outcome = self.release_fn(record, lambda _current: self._pod_of(att) is None)
+        if outcome.status == RELEASED:
+            self.orphan_since.pop(att.key, None)
+            report.released.append(f"{att.pod.namespace}/{att.pod.name} {att.ifname}")
+            self.released_total += 1
+            log.info(
+                "released %s/%s %s (%s, %s): its Pod is gone and no DEL came in %.0f s",
+                att.pod.namespace,
+                att.pod.name,
+                att.ifname,
+                att.host_veth,
+                ", ".join(att.ips),
+                now - since,
+            )
+            return True
+        if outcome.status == FAILED:
+            log.warning("release of %s failed: %s", att.resource_name, outcome.error)
+        else:
+            self.orphan_since.pop(att.key, None)  # changed under us: look again next time
+        return False
+
+    def _publish(
+        self, published: dict[tuple[str, str], str], plan: _Plan, report: SyncReport
+    ) -> None:
+        """Apply what differs, mark orphans, delete what no record backs."""
+        for where, body in plan.desired.items():
+            fingerprint = _fingerprint(body)
+            if published.get(where) != fingerprint:
+                self.api.apply_interface(body)
+                published[where] = fingerprint
+                report.applied += 1
+        for where, body in plan.orphaned.items():
+            fingerprint = _fingerprint(body)
+            if published.get(where) != fingerprint:
+                if self.api.mark_interface(*where, attachments.ORPHANED):
+                    published[where] = fingerprint
+                else:
+                    del published[where]
+        for where in [w for w in published if w not in plan.desired and w not in plan.orphaned]:
+            if where[1].rsplit("-", 1)[-1] in plan.quarantined:
+                continue  # its record cannot be read: leave what it published alone
+            self.api.delete_interface(*where)
+            del published[where]
+            report.deleted += 1
+
+    def _annotate_pods(self, by_pod: dict[str, list[Attachment]], report: SyncReport) -> None:
+        for uid, atts in by_pod.items():
+            if self._annotate(uid, atts):
+                report.annotated += 1
+        for uid in [u for u in self.annotated if u not in by_pod]:
+            del self.annotated[uid]
+
     def _pod_of(self, att: Attachment) -> PodInfo | None:
         if att.pod.uid:
             return self.pods.get(att.pod.uid)
         return self.pods.find(att.pod.namespace, att.pod.name)
 
     def _confirm_gone(self, att: Attachment) -> bool:
-        """Ask the API: the watch may lag, and a release cannot be undone."""
-        uid = self.api.pod_uid(att.pod.namespace, att.pod.name)
-        if uid is None or (att.pod.uid and uid != att.pod.uid):
-            return True
-        self.orphan_since.pop(att.key, None)
-        return False
+        """Ask the API: the watch may lag, and a release cannot be undone. A Pod of that name
+        answering to the attachment's UID (its own, or as the mirror of a static pod) is
+        there."""
+        uids = self.api.pod_uids(att.pod.namespace, att.pod.name)
+        if uids and (not att.pod.uid or att.pod.uid in uids):
+            self.orphan_since.pop(att.key, None)
+            return False
+        return True
 
     def _annotate(self, uid: str, atts: list[Attachment]) -> bool:
         status = attachments.network_status(atts)

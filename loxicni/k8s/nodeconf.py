@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 from typing import Any
 
+from loxicni.base.logs import get_logger
 from loxicni.k8s import cniconf
 from loxicni.k8s.options import KubeOptions
 
-log = logging.getLogger("loxi-cni.k8s")
+log = get_logger(__name__)
 
 
 def pod_cidrs_of(node: Any) -> list[str]:

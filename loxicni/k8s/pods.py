@@ -8,6 +8,10 @@ from typing import Any
 
 from loxicni.k8s.attachments import NETWORK_STATUS
 
+# A static pod's API object (its mirror) has a UID of its own; the kubelet runs the pod, and
+# calls CNI, under the static pod's UID, which the mirror carries in this annotation.
+CONFIG_MIRROR = "kubernetes.io/config.mirror"
+
 
 @dataclass(frozen=True)
 class PodInfo:
@@ -16,6 +20,11 @@ class PodInfo:
     uid: str
     network_status: str | None  # our annotation as the Pod holds it
     deleting: bool
+    mirror_of: str = ""  # for a mirror pod: the static pod's UID
+
+    def is_pod(self, uid: str) -> bool:
+        """Is this the Pod the runtime called ``uid`` (its own UID, or the static pod's)?"""
+        return uid in (self.uid, self.mirror_of)
 
 
 def pod_info(pod: Any) -> PodInfo | None:
@@ -29,6 +38,7 @@ def pod_info(pod: Any) -> PodInfo | None:
         uid=meta.uid,
         network_status=annotations.get(NETWORK_STATUS),
         deleting=meta.deletionTimestamp is not None,
+        mirror_of=annotations.get(CONFIG_MIRROR, ""),
     )
 
 
@@ -58,8 +68,12 @@ class PodCache:
             self._by_uid.pop(uid, None)
 
     def get(self, uid: str) -> PodInfo | None:
+        """The Pod of ``uid``: by its own UID, or a mirror pod by its static pod's UID."""
         with self._lock:
-            return self._by_uid.get(uid)
+            pod = self._by_uid.get(uid)
+            if pod is None:
+                pod = next((p for p in self._by_uid.values() if p.mirror_of == uid), None)
+            return pod
 
     def find(self, namespace: str, name: str) -> PodInfo | None:
         with self._lock:

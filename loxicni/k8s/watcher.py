@@ -11,7 +11,6 @@ to this node's objects.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar
@@ -20,9 +19,10 @@ import httpx2 as httpx
 from lightkube import ApiError, Client
 from lightkube.core.exceptions import NotReadyError
 
+from loxicni.base.logs import get_logger
 from loxicni.k8s.backoff import Backoff
 
-log = logging.getLogger("loxi-cni.k8s")
+log = get_logger(__name__)
 
 T = TypeVar("T")
 SERVER_TIMEOUT = 240  # seconds a watch request lasts before the server closes it

@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 import os
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from loxicni.net import rtnl
 from loxicni.net.rtnl import NetlinkError, Rtnl
@@ -220,18 +220,8 @@ def port_vlan_ops(
     return ops
 
 
-def vlan_requests(index: int, op: VlanOp) -> list[dict[str, Any]]:
-    """The requests that carry out ``op``, one per VLAN id: ``{"index", "vlan_info": {"vid",
-    "flags"}}`` (the shape of pyroute2's ``vlan_filter`` arguments, used as the tests' oracle)."""
-    last = op.vid_end or op.vid
-    return [
-        {"index": index, "vlan_info": {"vid": vid, "flags": op.flags}}
-        for vid in range(op.vid, last + 1)
-    ]
-
-
 def apply_vlan_ops(ipr: Rtnl, index: int, ops: list[VlanOp]) -> None:
+    """One request per VLAN id (the kernel's bridge vlan add/del takes one id a message)."""
     for op in ops:
-        for request in vlan_requests(index, op):
-            info = request["vlan_info"]
-            ipr.call(rtnl.bridge_vlan(op.cmd, request["index"], info["vid"], info["flags"]))
+        for vid in range(op.vid, (op.vid_end or op.vid) + 1):
+            ipr.call(rtnl.bridge_vlan(op.cmd, index, vid, op.flags))

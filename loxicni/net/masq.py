@@ -55,13 +55,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import quote, unquote
 
-from loxicni.cni.errors import CniError, Code
+from loxicni.base import paths
 
 if TYPE_CHECKING:
     import subprocess  # imported where nft runs: ~3 ms with shutil, at every start otherwise
 
 TABLE = "loxi-cni"
-LOCK_PATH = Path("/run/loxi-cni/nft.lock")
 NFT_TIMEOUT = 30.0  # seconds; nft normally takes a few ms, so this only bounds a wedged kernel
 # Where to look for nft when the runtime gives plugins a minimal PATH.
 SBIN_DIRS = "/usr/sbin:/sbin:/usr/local/sbin"
@@ -90,6 +89,19 @@ ip saddr . ip daddr != @local4 masquerade comment "{_RULE_COMMENTS[0]}"
 add rule {_T} postrouting ip6 saddr @pods6 ip6 daddr != ff00::/8 \
 ip6 saddr . ip6 daddr != @local6 masquerade comment "{_RULE_COMMENTS[1]}"
 """
+
+
+class NftError(Exception):
+    """nft failed, could not run, or said something we cannot read."""
+
+    def __init__(self, what: str, details: str = "") -> None:
+        super().__init__(f"{what}: {details}" if details else what)
+        self.what = what
+        self.details = details
+
+
+class LabelTooLong(ValueError):
+    """The attachment's identity does not fit an element comment."""
 
 
 class _Elem(NamedTuple):
@@ -190,10 +202,9 @@ def _tag(network: str, container_id: str, ifname: str) -> str:
     if len(tag) > _COMMENT_MAX:
         tag = f"{_net_digest(network)} {rest}"
     if len(tag) > _COMMENT_MAX:
-        raise CniError(
-            Code.INVALID_ENV,
-            "container ID and interface name too long to label masquerade state",
-            f"{container_id!r} {ifname!r}: at most {_COMMENT_MAX} characters in all",
+        raise LabelTooLong(
+            "container ID and interface name too long to label masquerade state "
+            f"({container_id!r} {ifname!r}: at most {_COMMENT_MAX} characters in all)"
         )
     return tag
 
@@ -247,9 +258,7 @@ def _read() -> _State:
                 rule_comments.append(str(r.get("comment", "")))
         return _State(elems, rules_ok=chain_ok and tuple(rule_comments) == _RULE_COMMENTS)
     except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise CniError(
-            Code.KERNEL_ERROR, "cannot parse nft's listing of the masquerade table", repr(e)
-        ) from e
+        raise NftError("cannot parse nft's listing of the masquerade table", repr(e)) from e
 
 
 def _add_lines(elems: Sequence[_Elem]) -> str:
@@ -265,8 +274,9 @@ def _delete_lines(elems: Sequence[_Elem]) -> str:
 @contextmanager
 def _locked() -> Iterator[None]:
     """Serialise read-modify-write of our table across plugin processes."""
-    LOCK_PATH.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    lock = Path(paths.nft_lock())
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -279,8 +289,7 @@ def _nft_binary() -> str:
 
     found = shutil.which("nft") or shutil.which("nft", path=SBIN_DIRS)
     if found is None:
-        raise CniError(
-            Code.KERNEL_ERROR,
+        raise NftError(
             "ipMasq needs the nft command (package nftables), which was not found",
             f"searched PATH={os.environ.get('PATH', '')!r} and {SBIN_DIRS}",
         )
@@ -296,13 +305,13 @@ def _run(args: list[str], stdin: str | None, what: str) -> subprocess.CompletedP
             cmd, input=stdin, capture_output=True, text=True, timeout=NFT_TIMEOUT, check=False
         )
     except subprocess.TimeoutExpired as e:
-        raise CniError(Code.KERNEL_ERROR, f"{what}: nft timed out", " ".join(cmd)) from e
+        raise NftError(f"{what}: nft timed out", " ".join(cmd)) from e
     except OSError as e:
-        raise CniError(Code.KERNEL_ERROR, f"{what}: cannot run nft", str(e)) from e
+        raise NftError(f"{what}: cannot run nft", str(e)) from e
 
 
-def _failed(what: str, proc: subprocess.CompletedProcess[str]) -> CniError:
-    return CniError(Code.KERNEL_ERROR, what, proc.stderr.strip() or f"exit {proc.returncode}")
+def _failed(what: str, proc: subprocess.CompletedProcess[str]) -> NftError:
+    return NftError(what, proc.stderr.strip() or f"exit {proc.returncode}")
 
 
 def _nft(args: list[str], stdin: str | None, what: str) -> None:

@@ -113,3 +113,30 @@ def run_in(fd: int, fn: Callable[[], T]) -> T:
 def netlink_socket_in(fd: int) -> _socket.socket:
     """A NETLINK_ROUTE socket bound to the netns ``fd`` (for ``rtnl.Rtnl``)."""
     return run_in(fd, rtnl.open_socket)
+
+
+class Netns:
+    """A pod's netns held open: its fd, and a netlink socket bound to it.
+
+    Opened from a path (in-process), or from an fd a client handed over (the agent), which is
+    duplicated so the caller keeps its own. NetnsGone / NotANetns / OSError if it cannot be.
+    """
+
+    def __init__(self, path: str, fd: int | None = None) -> None:
+        self.path = path
+        self.fd = adopt_netns(fd) if fd is not None else open_netns(path)
+        try:
+            self.ipr = rtnl.Rtnl(netlink_socket_in(self.fd))
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def close(self) -> None:
+        self.ipr.close()
+        os.close(self.fd)
+
+    def __enter__(self) -> Netns:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

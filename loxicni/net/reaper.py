@@ -4,16 +4,25 @@ Deleting a veth costs ~16 ms, nearly all of it RCU grace periods the kernel wait
 unregister batch, whatever the batch's size. The reaper tags each link with the current batch's
 link group and deletes the whole group with one RTM_DELLINK; DELs that arrive while a batch is
 being torn down form the next one. A lone DEL is deleted at once, so latency never grows.
+
+The reaper thread survives any error (the batch reports it to its waiters), is restarted if it
+ever dies, and no waiter waits longer than WAIT: a DEL holding its attachment's lock must never
+hang on it.
 """
 
 from __future__ import annotations
 
+import errno
 import threading
 
+from loxicni.base.logs import get_logger
 from loxicni.net import links
 from loxicni.net.rtnl import NetlinkError, Rtnl
 
+log = get_logger(__name__)
+
 GROUP_BASE = 0x4C58_0000  # "LX": link groups of our own, far from the usual small numbers
+WAIT = 30.0  # seconds; a group delete takes milliseconds
 
 
 class _Batch:
@@ -21,7 +30,7 @@ class _Batch:
         self.group = group
         self.count = 0
         self.done = threading.Event()
-        self.error: NetlinkError | None = None
+        self.error: OSError | None = None
 
 
 class LinkReaper:
@@ -30,22 +39,31 @@ class LinkReaper:
         self._wake = threading.Event()
         self._serial = 0
         self._batch = self._new_batch()
-        self._thread = threading.Thread(target=self._run, name="link-reaper", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        self._ensure_thread()
 
     def _new_batch(self) -> _Batch:
         self._serial = (self._serial + 1) % 0x10000
         return _Batch(GROUP_BASE + self._serial)
 
+    def _ensure_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            if self._thread is not None:
+                log.error("link reaper thread died; restarting it")
+            self._thread = threading.Thread(target=self._run, name="link-reaper", daemon=True)
+            self._thread.start()
+
     def delete(self, ipr: Rtnl, index: int) -> bool:
         """Delete link ``index`` of ``ipr``'s netns; False if it was already gone."""
         with self._lock:
+            self._ensure_thread()
             batch = self._batch
             if not links.set_group(ipr, index, batch.group):
                 return False
             batch.count += 1
             self._wake.set()
-        batch.done.wait()
+        if not batch.done.wait(WAIT):
+            raise NetlinkError(errno.ETIMEDOUT, "the link reaper did not finish in time")
         if batch.error is not None:
             raise batch.error
         return True
@@ -62,6 +80,9 @@ class LinkReaper:
                     self._batch = self._new_batch()
                 try:
                     links.delete_group(ipr, batch.group)
-                except NetlinkError as exc:
+                except OSError as exc:
                     batch.error = exc
+                except Exception as exc:  # keep serving: the waiters must hear of it
+                    log.exception("link reaper: deleting group %#x failed", batch.group)
+                    batch.error = OSError(errno.EIO, str(exc))
                 batch.done.set()

@@ -1,6 +1,6 @@
 """rtnetlink on the standard library: the requests loxi-cni makes, encoded and decoded by hand.
 
-Why not pyroute2, measured on this project's machines (issue 4, "Speed"): the standalone plugin
+Why not pyroute2, measured on this project's machines: the standalone plugin
 spent ~170 ms per call, ~88 ms of it importing pyroute2 0.9, whose synchronous API is built on
 asyncio (~14-32 ms for asyncio alone); in the agent, pyroute2's request path was ~41% of the
 handler's CPU: a ``link get`` costs 300-500 µs through pyroute2 and ~18 µs over a raw socket.

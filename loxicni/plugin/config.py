@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from loxicni.cni.errors import CniError, Code
+from loxicni.cni.fields import Fields
+from loxicni.cni.names import ifname_problem, valid_network_name
 from loxicni.cni.types import Result
 
-NETWORK_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
-MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
-VETH_PREFIX = re.compile(r"^[a-zA-Z][a-zA-Z0-9_-]{0,7}$")
-IFNAMSIZ = 15
+MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
+VETH_PREFIX = re.compile(r"[a-zA-Z][a-zA-Z0-9_-]{0,7}")
 DEFAULT_BRIDGE = "cni0"
 DEFAULT_VETH_PREFIX = "loxi"
 # Keys of CNI_ARGS the plugin understands (others need IgnoreUnknown).
@@ -57,49 +57,23 @@ class BridgeConfig:
     log_file: str | None
 
 
+_F = Fields(Code.INVALID_CONFIG)
+
+
 def _invalid(field: str, why: str) -> CniError:
     return CniError(Code.INVALID_CONFIG, f"{field}: {why}")
 
 
 def _bool(conf: Mapping[str, Any], key: str, default: bool = False) -> bool:
-    value = conf.get(key, default)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise _invalid(key, f"must be true or false, not {value!r}")
-    return value
+    return _F.as_bool(conf.get(key), key, default)
 
 
-def _int(
-    conf: Mapping[str, Any], key: str, low: int, high: int, default: int = 0, where: str = ""
-) -> int:
-    value = conf.get(key, default)
-    if value is None:
-        return default
-    field = f"{where}.{key}" if where else key
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _invalid(field, f"must be a number, not {value!r}")
-    if not low <= value <= high:
-        raise _invalid(field, f"{value} is outside {low}..{high}")
-    return value
+def _int(conf: Mapping[str, Any], key: str, low: int, high: int, where: str = "") -> int:
+    return _F.as_int(conf.get(key), f"{where}.{key}" if where else key, low=low, high=high) or 0
 
 
 def _str(conf: Mapping[str, Any], key: str, default: str = "") -> str:
-    value = conf.get(key, default)
-    if value is None:
-        return default
-    if not isinstance(value, str):
-        raise _invalid(key, f"must be a string, not {value!r}")
-    return value
-
-
-def valid_ifname(name: str) -> bool:
-    return (
-        0 < len(name) <= IFNAMSIZ
-        and name not in (".", "..")
-        and not any(c in name for c in "/:")
-        and not any(c.isspace() for c in name)
-    )
+    return _F.as_str(conf.get(key), key, default=default)
 
 
 def _mtu(conf: Mapping[str, Any]) -> int:
@@ -149,7 +123,7 @@ def _mac(conf: Mapping[str, Any], cni_args: Mapping[str, str]) -> str | None:
     for where, value in candidates:
         if value in (None, ""):
             continue
-        if not isinstance(value, str) or not MAC.match(value):
+        if not isinstance(value, str) or not MAC.fullmatch(value):
             raise _invalid(where, f"{value!r} is not a MAC address")
         if int(value[:2], 16) & 1:
             raise _invalid(where, f"{value} is a multicast address")
@@ -167,11 +141,12 @@ def parse_config(
     network = _str(conf, "name")
     if not network:
         raise _invalid("name", "missing network name")
-    if not NETWORK_NAME.match(network):
+    if not valid_network_name(network):
         raise _invalid("name", f"{network!r} may only hold letters, digits, '_', '.' and '-'")
     bridge = _str(conf, "bridge", DEFAULT_BRIDGE) or DEFAULT_BRIDGE
-    if not valid_ifname(bridge):
-        raise _invalid("bridge", f"{bridge!r} is not a valid interface name")
+    problem = ifname_problem(bridge)
+    if problem is not None:
+        raise _invalid("bridge", f"{bridge!r} is not a valid interface name: it {problem}")
     hairpin, promisc = _bool(conf, "hairpinMode"), _bool(conf, "promiscMode")
     if hairpin and promisc:
         raise _invalid("hairpinMode", "cannot be used together with promiscMode")
@@ -180,7 +155,7 @@ def parse_config(
     if vlan and trunk:
         raise _invalid("vlanTrunk", "cannot be set together with vlan")
     prefix = _str(conf, "vethPrefix", DEFAULT_VETH_PREFIX) or DEFAULT_VETH_PREFIX
-    if not VETH_PREFIX.match(prefix):
+    if not VETH_PREFIX.fullmatch(prefix):
         raise _invalid("vethPrefix", f"{prefix!r}: 1-8 characters, a letter then [a-zA-Z0-9_-]")
     ipam = conf.get("ipam")
     if not isinstance(ipam, dict):

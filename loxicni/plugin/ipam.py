@@ -80,9 +80,10 @@ class Ipam:
         self._run("CHECK")
         return None
 
-    def gc(self, valid: Collection[tuple[str, str]]) -> None:
+    def gc(self, valid: Collection[tuple[str, str]], started: float) -> None:
+        """Release what no valid attachment holds; keep what appeared after ``started``."""
         if self._host_local is not None:
-            hostlocal.gc(self._host_local, valid)
+            hostlocal.gc(self._host_local, valid, started)
         else:
             self._run("GC")
 

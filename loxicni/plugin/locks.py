@@ -8,16 +8,14 @@ unlinked file notices and retries on a fresh one.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-
-def run_dir() -> Path:
-    return Path(os.environ.get("LOXI_CNI_RUN_DIR", "/run/loxi-cni"))
+from loxicni.base import paths
+from loxicni.plugin.naming import attachment_key
 
 
 @dataclass
@@ -25,13 +23,15 @@ class HeldLock:
     remove_on_release: bool = False
 
 
+def lock_path(network: str, container_id: str, ifname: str) -> Path:
+    return Path(paths.locks_dir()) / attachment_key(network, container_id, ifname)
+
+
 @contextmanager
 def attachment_lock(network: str, container_id: str, ifname: str) -> Iterator[HeldLock]:
     """Hold the attachment's lock; set ``remove_on_release`` to delete the lock file after."""
-    key = hashlib.sha256(f"{network}\0{container_id}\0{ifname}".encode()).hexdigest()[:32]
-    directory = run_dir() / "locks"
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = directory / key
+    path = lock_path(network, container_id, ifname)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:

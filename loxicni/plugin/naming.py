@@ -1,18 +1,25 @@
-"""Host-side veth names of our own scheme: ``<vethPrefix><hash>``, 15 characters.
+"""Names derived from an attachment's identity (network, container ID, ifname).
 
-The name is derived from (network, container ID, ifname), so CHECK and DEL find it again
-without state; the link's alias records the attachment, so a name taken by someone else is
-never mistaken for ours (on a collision the next candidate is used).
+- The attachment key names its lock and its record.
+- Host veth names follow our scheme ``<vethPrefix><hash>``, 15 characters, so CHECK and DEL
+  find them again without state; the link's alias records the attachment, so a name taken by
+  someone else is never mistaken for ours (on a collision the next candidate is used).
 """
 
 from __future__ import annotations
 
 import hashlib
 
-from loxicni.plugin.config import IFNAMSIZ
+from loxicni.cni.names import IFNAME_MAX_BYTES
 
 CANDIDATES = 8
 ALIAS_PREFIX = "loxi-cni"
+
+
+def attachment_key(network: str, container_id: str, ifname: str) -> str:
+    """A file-name-safe key, the same for every call about one attachment."""
+    ident = f"{network}\0{container_id}\0{ifname}".encode("utf-8", "surrogateescape")
+    return hashlib.sha256(ident).hexdigest()[:32]
 
 
 def alias(network: str, container_id: str, ifname: str) -> str:
@@ -30,9 +37,9 @@ def parse_alias(text: str) -> tuple[str, str, str] | None:
 
 def candidates(prefix: str, network: str, container_id: str, ifname: str) -> list[str]:
     """Host veth names to try, in order."""
-    width = IFNAMSIZ - len(prefix)
+    width = IFNAME_MAX_BYTES - len(prefix)
     out = []
     for salt in range(CANDIDATES):
-        digest = hashlib.sha256(f"{network}\0{container_id}\0{ifname}\0{salt}".encode()).hexdigest()
-        out.append(prefix + digest[:width])
+        ident = f"{network}\0{container_id}\0{ifname}\0{salt}".encode("utf-8", "surrogateescape")
+        out.append(prefix + hashlib.sha256(ident).hexdigest()[:width])
     return out

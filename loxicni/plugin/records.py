@@ -3,26 +3,40 @@
 A record is written when an ADD starts (state "adding", with the config needed to undo it) and
 marked "ready" when it succeeds; DEL removes it. After a crash (agent killed mid-ADD, node
 reboot) the agent reconciles from them: an ADD that never finished, or an attachment whose host
-veth is gone (its netns died and took the pair with it), is DELeted with its own config, so its
-address returns to the pool.
+veth is gone, is DELeted with its own config, so its address returns to the pool.
+
+Records outlive the version that wrote them (upgrades, rollbacks), so reading is forgiving and
+honest: keys this version does not know are ignored, missing optional ones take defaults, and a
+file that cannot be read as a record at all is *unreadable*, never taken for absent. Such a
+file is left where it is (a newer version may read it again after a roll-forward) and its
+attachment is quarantined: reported, and nothing of it is touched. Whoever would delete
+something on the strength of a missing record must ask ``exists`` (any file under the key).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from loxicni.base import files, paths
+from loxicni.plugin.naming import attachment_key
+
 ADDING = "adding"
 READY = "ready"
+SCHEMA = 2  # 1: records without "schema"; 2 adds schema, generation, bridge, vlan, result
 
 
-def state_dir() -> Path:
-    return Path(os.environ.get("LOXI_CNI_STATE_DIR", "/var/lib/loxi-cni")) / "attachments"
+class Unreadable(Exception):
+    """A record file exists but does not hold a record this version can use."""
+
+    def __init__(self, key: str, why: str) -> None:
+        super().__init__(f"record {key}: {why}")
+        self.key = key
+        self.why = why
 
 
 @dataclass
@@ -38,71 +52,160 @@ class Record:
     host_veth: str = ""
     ips: list[str] = field(default_factory=list)
     # The pod interface as ADD left it, for the agent's Kubernetes resources (the pod's netns
-    # may not be reachable from the agent later). Absent from records of older versions.
+    # may not be reachable from the agent later).
     mac: str = ""
     mtu: int = 0
     gateways: list[str] = field(default_factory=list)
+    bridge: str = ""
+    vlan: int = 0
+    # The ADD's result (CNI 1.1.0 JSON), answered again to a runtime that repeats the ADD.
+    result: dict[str, Any] = field(default_factory=dict)
+    # Which ADD wrote this record: a teardown decided on an older look re-checks it under the
+    # attachment lock, so an ADD that got in between is never torn down.
+    generation: str = ""
+    schema: int = SCHEMA
 
     @property
     def key(self) -> str:
-        return record_key(self.network, self.container_id, self.ifname)
+        return attachment_key(self.network, self.container_id, self.ifname)
 
 
-def record_key(network: str, container_id: str, ifname: str) -> str:
-    return hashlib.sha256(f"{network}\0{container_id}\0{ifname}".encode()).hexdigest()[:32]
+def new_generation() -> str:
+    return os.urandom(8).hex()
+
+
+# What each field must hold; a record with any of them wrong is unreadable.
+_TYPES: dict[str, type | tuple[type, ...]] = {
+    "network": str,
+    "container_id": str,
+    "ifname": str,
+    "netns": str,
+    "config": dict,
+    "cni_args": str,
+    "cni_path": list,
+    "state": str,
+    "host_veth": str,
+    "ips": list,
+    "mac": str,
+    "mtu": int,
+    "gateways": list,
+    "bridge": str,
+    "vlan": int,
+    "result": dict,
+    "generation": str,
+    "schema": int,
+}
+_REQUIRED = ("network", "container_id", "ifname", "config")
+_LISTS_OF_STR = ("cni_path", "ips", "gateways")
+
+
+def _from_json(key: str, doc: Any) -> Record:
+    if not isinstance(doc, dict):
+        raise Unreadable(key, "not a JSON object")
+    known = {f.name for f in fields(Record)}
+    values = {k: v for k, v in doc.items() if k in known and v is not None}
+    for name in _REQUIRED:
+        if name not in values:
+            raise Unreadable(key, f"no {name}")
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, _TYPES[name]):
+            raise Unreadable(key, f"{name} is {type(value).__name__}")
+    for name in _LISTS_OF_STR:
+        if not all(isinstance(v, str) for v in values.get(name, ())):
+            raise Unreadable(key, f"{name} holds a non-string")
+    values.setdefault("netns", "")
+    values.setdefault("cni_args", "")
+    values.setdefault("cni_path", [])
+    values.setdefault("schema", 1)
+    record = Record(**values)
+    if record.key != key:
+        raise Unreadable(key, "its contents belong to another attachment")
+    return record
+
+
+def _dir() -> Path:
+    return Path(paths.records_dir())
 
 
 def _path(key: str) -> Path:
-    return state_dir() / f"{key}.json"
+    return _dir() / f"{key}.json"
 
 
 def save(record: Record) -> None:
-    """Write atomically (temp file + rename): a reader never sees half a record."""
-    directory = state_dir()
+    """Write atomically: a reader never sees half a record."""
+    directory = _dir()
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = directory / f".{record.key}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(asdict(record)))
-    os.replace(tmp, _path(record.key))
+    record.schema = SCHEMA
+    files.write_atomic(_path(record.key), json.dumps(asdict(record)).encode())
 
 
 def remove(network: str, container_id: str, ifname: str) -> None:
-    _path(record_key(network, container_id, ifname)).unlink(missing_ok=True)
+    _path(attachment_key(network, container_id, ifname)).unlink(missing_ok=True)
+
+
+def mtime(key: str) -> float:
+    """When the record was last saved (FileNotFoundError if there is none)."""
+    return os.stat(_path(key)).st_mtime
+
+
+def exists(key: str) -> bool:
+    """Is there any file under ``key``, readable or not (then nothing of it may be deleted)."""
+    return os.path.lexists(_path(key))
 
 
 def load(key: str) -> Record | None:
+    """The record of ``key``; None if there is none; Unreadable if the file is not a record."""
+    path = _path(key)
     try:
-        return Record(**json.loads(_path(key).read_text()))
+        raw = path.read_bytes()
     except FileNotFoundError:
         return None
-    except (ValueError, TypeError):
-        return None  # not ours or corrupt: reconcile reports it
+    except IsADirectoryError:
+        raise Unreadable(key, "is a directory") from None
+    except OSError as exc:
+        raise Unreadable(key, exc.strerror or str(exc)) from exc
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise Unreadable(key, f"not JSON: {exc}") from None
+    return _from_json(key, doc)
 
 
-def all_records() -> Iterator[Record]:
-    directory = state_dir()
-    if not directory.is_dir():
-        return
-    for path in sorted(directory.glob("*.json")):
-        record = load(path.stem)
-        if record is not None:
-            yield record
+@dataclass
+class Scan:
+    records: list[Record] = field(default_factory=list)
+    unreadable: list[Unreadable] = field(default_factory=list)
 
 
-def remove_stale_temp_files() -> list[Path]:
-    """Temp files of writers that died mid-save (their pid is in the name)."""
-    directory = state_dir()
-    removed: list[Path] = []
-    if not directory.is_dir():
-        return removed
-    for tmp in directory.glob(".*.tmp"):
+def scan() -> Scan:
+    """Every record, and every entry that is not one (reported, never skipped silently)."""
+    out = Scan()
+    for key in keys():
         try:
-            pid = int(tmp.name.rsplit(".", 2)[1])
-            os.kill(pid, 0)
-            continue  # its writer is alive
-        except (ValueError, IndexError, ProcessLookupError):
-            pass
-        except PermissionError:
+            record = load(key)
+        except Unreadable as exc:
+            out.unreadable.append(exc)
             continue
-        tmp.unlink(missing_ok=True)
-        removed.append(tmp)
-    return removed
+        if record is not None:
+            out.records.append(record)
+    return out
+
+
+def keys() -> Iterator[str]:
+    try:
+        entries = sorted(os.scandir(_dir()), key=lambda e: e.name)
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        if entry.name.endswith(".json") and not files.is_temp_name(entry.name):
+            yield entry.name[: -len(".json")]
+
+
+def all_records() -> list[Record]:
+    """The records that can be read (see ``scan`` for the ones that cannot)."""
+    return scan().records
+
+
+def remove_stale_temp_files() -> list[str]:
+    """Temp files of writers that died mid-save."""
+    return files.remove_stale_temps(_dir())

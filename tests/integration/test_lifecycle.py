@@ -107,10 +107,16 @@ def test_second_add_of_same_ifname_fails_without_leaking(net: Net) -> None:
     pod = net.pod()
     first = net.call("ADD", pod, conf)
     assert first.rc == 0
+    # The same ADD again (a runtime retrying after a timeout): the first call's result, and
+    # nothing new made.
     again = net.call("ADD", pod, conf)
-    assert again.rc != 0 and again.json["code"] == 101, again.stdout
+    assert again.rc == 0 and again.json == first.json, again.stdout
+    # Another attachment wanting that ifname in that netns, or the same one with another
+    # config: the interface exists.
     other = net.call("ADD", pod, conf, container_id="someoneelse")
     assert other.rc != 0 and other.json["code"] == 101
+    changed = net.call("ADD", pod, {**conf, "mtu": 1400})
+    assert changed.rc != 0 and changed.json["code"] == 101
     assert len(net.reservations()) == 1
     assert links_of_bridge(net.bridge) == [first.json["interfaces"][1]["name"]]
     assert net.call("DEL", pod, conf).rc == 0

@@ -11,8 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from loxicni.cni.addresses import parse_ip
+from loxicni.cni.addresses import parse_pool_cidr as parse_cidr
 from loxicni.cni.errors import CniError, Code
-from loxicni.ipam.config import DEFAULT_DATA_DIR, parse_cidr, parse_host_local, parse_ip
+from loxicni.ipam.config import DEFAULT_DATA_DIR, parse_host_local
 from tests.ipam.helpers import netconf, parse
 
 D = Path("/tmp/unused-data-dir")
@@ -199,7 +201,7 @@ BAD: list[tuple[dict[str, Any], dict[str, str], str]] = [
     ({"ranges": [[{"subnet": "10.3.0.0/24"}, {"subnet": "fd00::/64"}]]}, {}, "mixed"),
     ({"ranges": [[]]}, {}, "ipam.ranges[0]: empty range set"),
     ({"ranges": []}, {}, "no IP ranges"),
-    ({"ranges": "10.0.0.0/8"}, {}, "ipam.ranges: expected a list"),
+    ({"ranges": "10.0.0.0/8"}, {}, "ipam.ranges: must be an array"),
     ({"subnet": ""}, {}, "ipam.subnet"),
     ({"subnet": "10.0.0.0/24", "rangeEnd": "10.0.1.1"}, {}, "ipam.rangeEnd"),
     ({"ranges": one_range(subnet="10.0.0.0/24"), "routes": [{"gw": "10.0.0.1"}]}, {}, "].dst"),

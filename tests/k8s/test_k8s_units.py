@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -25,6 +25,7 @@ from loxicni.k8s.options import KubeOptions
 from loxicni.k8s.pods import PodInfo
 from loxicni.k8s.watcher import Watcher
 from loxicni.plugin import records
+from loxicni.plugin.release import RELEASED, Outcome
 
 TEMPLATE = {
     "cniVersion": "1.0.0",
@@ -291,8 +292,9 @@ class FakeApi:
         self.applied[(namespace, name)]["status"] = {"state": state}
         return True
 
-    def pod_uid(self, namespace: str, name: str) -> str | None:
-        return self.pods.get((namespace, name))
+    def pod_uids(self, namespace: str, name: str) -> set[str]:
+        uid = self.pods.get((namespace, name))
+        return {uid} if uid else set()
 
     def annotate_network_status(
         self, namespace: str, name: str, uid: str, status: list[dict[str, Any]]
@@ -310,10 +312,11 @@ def test_orphans_are_released_only_after_the_grace_period_and_a_confirming_get(
     api = FakeApi()
     released: list[str] = []
 
-    def release(record: records.Record) -> tuple[int, bytes]:
+    def release(record: records.Record, still: Callable[[records.Record], bool]) -> Outcome:
+        assert still(record)
         released.append(record.container_id)
         records.remove(record.network, record.container_id, record.ifname)
-        return 0, b""
+        return Outcome(RELEASED)
 
     options = KubeOptions(node_name="n1", conf_dir=None, grace_period=60.0, resync=1000.0)
     clock = [1000.0]
@@ -355,7 +358,7 @@ def test_orphans_are_released_only_after_the_grace_period_and_a_confirming_get(
 def test_the_agent_without_kubernetes_mode_never_loads_the_client() -> None:
     code = (
         "import sys\n"
-        "import loxicni.cli, loxicni.agent.server, loxicni.main\n"
+        "import loxicni.cli, loxicni.agent.run, loxicni.main\n"
         "loxicni.cli.build_parser().parse_args(['agent'])\n"
         "print(sorted(m for m in ('lightkube', 'httpx2', 'yaml') if m in sys.modules))\n"
     )

@@ -15,7 +15,7 @@ import pytest
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from loxicni.net import links
+from loxicni.net import links, rtnl
 from loxicni.net.links import BRIDGE_VLAN_INFO_PVID, BRIDGE_VLAN_INFO_UNTAGGED, VlanOp
 from loxicni.net.rtnl import Rtnl
 
@@ -31,18 +31,32 @@ def test_default_vlan_removed_unless_preserved() -> None:
     assert links.port_vlan_ops(0, (), preserve_default_vlan=False) == []
 
 
+class _Recorder:
+    """Stands in for the netlink socket of a kernel without VLAN filtering: keeps what
+    ``apply_vlan_ops`` sends (the kernel test below checks the same requests for real)."""
+
+    def __init__(self) -> None:
+        self.sent: list[rtnl.Request] = []
+
+    def call(self, request: rtnl.Request) -> list[bytes]:
+        self.sent.append(request)
+        return []
+
+
+def _sent(index: int, ops: list[VlanOp]) -> list[rtnl.Request]:
+    recorder = _Recorder()
+    links.apply_vlan_ops(recorder, index, ops)  # type: ignore[arg-type]
+    return recorder.sent
+
+
 def test_trunk_port_is_tagged() -> None:
     ops = links.port_vlan_ops(0, ((10, 10), (20, 22)), preserve_default_vlan=True)
     assert ops == [VlanOp("add", 10), VlanOp("add", 20, vid_end=22)]
-    requests = [r for op in ops for r in links.vlan_requests(7, op)]
-    assert requests == [
-        {"index": 7, "vlan_info": {"vid": vid, "flags": 0}} for vid in (10, 20, 21, 22)
-    ]
+    assert _sent(7, ops) == [rtnl.bridge_vlan("add", 7, vid, 0) for vid in (10, 20, 21, 22)]
 
 
 def test_access_request_carries_vid_and_flags() -> None:
-    (request,) = links.vlan_requests(3, VlanOp("add", 100, flags=6))
-    assert request == {"index": 3, "vlan_info": {"vid": 100, "flags": 6}}
+    assert _sent(3, [VlanOp("add", 100, flags=6)]) == [rtnl.bridge_vlan("add", 3, 100, 6)]
 
 
 def _kernel_has_vlan_filtering(ipr: IPRoute, name: str) -> bool:

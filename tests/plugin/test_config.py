@@ -9,8 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from loxicni.cni.errors import CniError, Code
+from loxicni.cni.names import ifname_problem
 from loxicni.plugin import naming
-from loxicni.plugin.config import parse_config, valid_ifname
+from loxicni.plugin.config import parse_config
 
 
 def conf(**fields: Any) -> dict[str, Any]:
@@ -165,7 +166,7 @@ def test_any_json_gives_a_config_or_a_cni_error(fields: dict[str, Any]) -> None:
     except CniError as exc:
         assert exc.code == Code.INVALID_CONFIG
         return
-    assert valid_ifname(cfg.bridge)
+    assert ifname_problem(cfg.bridge) is None
     assert 0 <= cfg.vlan <= 4094 and (cfg.mtu == 0 or 68 <= cfg.mtu <= 65535)
 
 
@@ -177,6 +178,6 @@ def test_any_json_gives_a_config_or_a_cni_error(fields: dict[str, Any]) -> None:
 def test_veth_names_fit_and_aliases_round_trip(prefix: str, network: str, cid: str) -> None:
     names = naming.candidates(prefix, network, cid, "eth0")
     assert len(set(names)) == naming.CANDIDATES
-    assert all(len(n) == 15 and n.startswith(prefix) and valid_ifname(n) for n in names)
+    assert all(len(n) == 15 and n.startswith(prefix) and ifname_problem(n) is None for n in names)
     assert names == naming.candidates(prefix, network, cid, "eth0")  # found again by DEL
     assert naming.parse_alias(naming.alias(network, cid, "eth0")) == (network, cid, "eth0")

@@ -1,0 +1,101 @@
+"""Whole-file replacement that a reader never sees half done, and the cleanup of its debris.
+
+A writer puts the bytes in a temporary file beside the target and renames it over the target
+(rename is atomic within a directory). A writer killed in between leaves its temporary file:
+those are found by name and removed once they are older than any write can take. The age
+decides, not the writer's PID: the agent of a DaemonSet and a plugin run by the host's runtime
+live in different PID namespaces and cannot tell whether the other's PIDs are alive.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import suppress
+
+TEMP_SUFFIX = ".tmp"
+TEMP_PREFIX = "."
+# A write takes milliseconds; a temp file this old belongs to a writer that died.
+STALE_AFTER = 600.0
+
+
+def temp_name(name: str) -> str:
+    """A temporary name for ``name``, unique across processes and threads."""
+    return f"{TEMP_PREFIX}{name}.{os.urandom(6).hex()}{TEMP_SUFFIX}"
+
+
+def is_temp_name(name: str) -> bool:
+    return name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)
+
+
+def write_new(path: str | os.PathLike[str], data: bytes, mode: int, *, sync: bool = False) -> None:
+    """Create ``path`` exclusively (FileExistsError if it exists) and write ``data``; the file
+    is removed again if writing fails."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        if sync:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        with suppress(OSError):
+            os.unlink(path)
+        raise
+    os.close(fd)
+
+
+def write_atomic(
+    path: str | os.PathLike[str],
+    data: bytes,
+    *,
+    mode: int = 0o600,
+    sync: bool = False,
+    temp_dir: str | os.PathLike[str] | None = None,
+) -> None:
+    """Replace ``path`` with ``data``; a reader sees the old content or the new, never a mix.
+
+    ``sync`` fsyncs the file and its directory (for files other programs must find after a
+    power loss, such as the node's CNI config). ``temp_dir`` (same filesystem) keeps the
+    temporary file out of a directory that others list.
+    """
+    path = os.fspath(path)
+    directory = os.fspath(temp_dir) if temp_dir is not None else os.path.dirname(path) or "."
+    tmp = os.path.join(directory, temp_name(os.path.basename(path)))
+    write_new(tmp, data, mode, sync=sync)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if sync:
+        dir_fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def remove_stale_temps(
+    directory: str | os.PathLike[str], older_than: float = STALE_AFTER
+) -> list[str]:
+    """Remove temp files of ``write_atomic`` older than ``older_than`` seconds; their names."""
+    removed: list[str] = []
+    now = time.time()
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        if not is_temp_name(entry.name):
+            continue
+        try:
+            if now - entry.stat(follow_symlinks=False).st_mtime < older_than:
+                continue
+            os.unlink(entry.path)
+        except FileNotFoundError:
+            continue
+        removed.append(entry.name)
+    return removed
