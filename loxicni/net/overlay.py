@@ -39,6 +39,8 @@ RTPROT_LOXI = 76
 
 @dataclass(frozen=True)
 class OverlayConfig:
+    """How this node joins the others; OverlayError at construction if it makes no sense."""
+
     mode: Mode = Mode.VXLAN
     vni: int = vxlan.DEFAULT_VNI
     port: int = vxlan.DEFAULT_PORT
@@ -46,6 +48,22 @@ class OverlayConfig:
     table: int = rtnl.RT_TABLE_MAIN
     device4: str = "loxi-vxlan4"
     device6: str = "loxi-vxlan6"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.vni < 1 << 24:
+            raise OverlayError(f"VNI {self.vni}: a VXLAN network identifier has 24 bits")
+        if not 0 < self.port < 1 << 16:
+            raise OverlayError(f"port {self.port}: not a UDP port")
+        # 0 would make every delete match any route; 1-4 are the kernel's and the admin's.
+        if not rtnl.RTPROT_STATIC < self.protocol < 256:
+            raise OverlayError(f"route protocol {self.protocol}: must be 5..255")
+        if self.table in (0, 255) or not 0 < self.table < 1 << 32:
+            raise OverlayError(f"route table {self.table}: not a table for routes of ours")
+        for name in (self.device4, self.device6):
+            if not 0 < len(name) < 16 or any(c in name for c in "/: \t\n") or name in (".", ".."):
+                raise OverlayError(f"device name {name!r}: not a valid interface name")
+        if self.device4 == self.device6:
+            raise OverlayError(f"device names: {self.device4!r} for both families")
 
     def device(self, version: int) -> str:
         return self.device4 if version == 4 else self.device6
@@ -242,7 +260,8 @@ def sync(rt: Rtnl, local: LocalNode, peers: Iterable[Peer], config: OverlayConfi
 
     Refusals by the kernel do not stop the rest; they are in the report (a route of another
     protocol in the way of ours, for one: EEXIST, and it stays). OverlayError if a vxlan
-    device cannot be made.
+    device cannot be made. One sync at a time per node: two at once would both send the
+    difference they saw.
     """
     report = SyncReport()
     if config.mode is Mode.ROUTES:

@@ -203,7 +203,7 @@ class Cluster:
                 node.ns,
                 "link add cni0 type bridge\nlink set cni0 up\n"
                 f"addr add 10.244.{n}.1/24 dev cni0\naddr add fd00:244:{n}::1/64 dev cni0 nodad\n"
-                f"link add veth{n} mtu {mtu} type veth peer name eth0 netns {pod}\n"
+                f"link add veth{n} mtu {mtu} type veth peer name eth0 mtu {mtu} netns {pod}\n"
                 f"link set veth{n} master cni0 up\n",
             )
             sh(
@@ -275,3 +275,43 @@ def transfer(client: Node, server: Node, version: int, size: int = 1 << 20) -> s
         thread.join(timeout=30)
     assert hashlib.sha256(payload).hexdigest() == received.hexdigest(), "transfer incomplete"
     return received.hexdigest()
+
+
+SIGNALS = {
+    "Ip FragFails",  # IPv4: a packet too big for the next hop, DF set: dropped...
+    "Icmp OutDestUnreachs",  # ... and "fragmentation needed" sent back
+    "Ip FragCreates",
+    "Ip6FragFails",
+    "Icmp6OutPktTooBigs",  # IPv6: "packet too big" sent back
+}
+
+
+def path_mtu_signals(node: Node) -> dict[str, int]:
+    """The counters that move when ``node`` forwards a packet too big for its next hop (it
+    drops it and asks the sender for smaller ones: the ICMP a firewall may eat, leaving a
+    black hole)."""
+    out: dict[str, int] = {}
+    for path in ("/proc/net/snmp", "/proc/net/snmp6"):
+        text = subprocess.run(
+            ["ip", "netns", "exec", node.ns, "cat", path],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        lines = text.splitlines()
+        if path.endswith("6"):
+            pairs = [line.split() for line in lines]
+            out.update({k: int(v) for k, v in pairs if k in SIGNALS})
+            continue
+        for names, values in zip(lines[::2], lines[1::2], strict=True):
+            proto = names.split(":")[0]
+            for key, value in zip(names.split()[1:], values.split()[1:], strict=True):
+                if f"{proto} {key}" in SIGNALS:
+                    out[f"{proto} {key}"] = int(value)
+    return out
+
+
+def set_pod_mtu(node: Node, mtu: int) -> None:
+    """The MTU of ``node``'s pod interface and of its host end."""
+    sh(node.pod_ns, f"link set eth0 mtu {mtu}\n")
+    sh(node.ns, f"link set veth{node.index} mtu {mtu}\n")

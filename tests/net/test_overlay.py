@@ -14,11 +14,19 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from pyroute2 import IPRoute
 
 from loxicni.net import overlay, vxlan
 from loxicni.net.overlay import OverlayConfig, SyncReport
 from loxicni.net.peers import Mode, Peer
-from tests.net.overlay_cluster import Cluster, Node, ping_all, transfer
+from tests.net.overlay_cluster import (
+    Cluster,
+    Node,
+    path_mtu_signals,
+    ping_all,
+    set_pod_mtu,
+    transfer,
+)
 
 PROTO = overlay.RTPROT_LOXI
 VXLAN = OverlayConfig(mode=Mode.VXLAN)
@@ -186,10 +194,30 @@ def test_vxlan(nodes: list[Node]) -> None:
         _assert_devices(node)
         _assert_vxlan_state(node, [o for o in nodes if o is not node], direct=set())
     _assert_reachability(nodes, ALL_PAIRS)
-    # 1 MB each way through the router and two vxlan devices, at the pods' MTU
+    # 1 MB each way through the router and two vxlan devices, at the pods' MTU: nothing
+    # too big for the vxlan device, so no path MTU discovery needed (no ICMP to lose)
     n1, _, n3 = nodes
+    with n1.pyr() as ipr, IPRoute(netns=n1.pod_ns) as pod:
+        (veth,) = ipr.link("get", ifname="veth1")
+        (eth0,) = pod.link("get", ifname="eth0")
+    assert veth.get("IFLA_MTU") == eth0.get("IFLA_MTU") == 1430
+    before = {node.name: path_mtu_signals(node) for node in nodes}
     transfer(n1, n3, 4)
     transfer(n3, n1, 6)
+    assert {node.name: path_mtu_signals(node) for node in nodes} == before
+    # the control: pods at the underlay's MTU (both ends, or TCP's MSS would take the
+    # smaller) make their node drop and signal
+    try:
+        set_pod_mtu(n1, 1500)
+        set_pod_mtu(n3, 1500)
+        transfer(n1, n3, 4)
+        transfer(n1, n3, 6)
+    finally:
+        set_pod_mtu(n1, 1430)
+        set_pod_mtu(n3, 1430)
+    after = path_mtu_signals(n1)
+    assert after["Ip FragFails"] > before["node1"]["Ip FragFails"]
+    assert after["Icmp6OutPktTooBigs"] > before["node1"]["Icmp6OutPktTooBigs"]
     # nothing changed: the second sync changes nothing, and says so by its own count
     for node in nodes:
         node.rt.reset()

@@ -134,3 +134,27 @@ def test_one_address_and_pod_cidr_per_family() -> None:
         Peer("x", (ip_address("10.0.0.1"), ip_address("10.0.0.2")))
     with pytest.raises(OverlayError, match="at most one per IP family"):
         Peer("x", (), (ip_network("10.1.0.0/24"), ip_network("10.2.0.0/24")))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("vni", 1 << 24),
+        ("vni", -1),
+        ("port", 0),
+        ("port", 65536),
+        ("protocol", 0),  # a delete with protocol 0 would match anyone's route
+        ("protocol", 4),
+        ("protocol", 256),
+        ("table", 0),
+        ("table", 255),
+        ("device4", ""),
+        ("device4", "sixteen-chars-xx"),
+        ("device6", "a/b"),
+        ("device6", "loxi-vxlan4"),
+    ],
+)
+def test_config_is_checked(field: str, value: object) -> None:
+    with pytest.raises(OverlayError):
+        OverlayConfig(**{field: value})  # type: ignore[arg-type]
+    assert OverlayConfig(vni=0, port=4789, protocol=5, table=1000).table == 1000
