@@ -11,7 +11,11 @@ This module needs only ``_socket`` and ``struct``, and covers exactly what loxi-
   ``vlan_filtering``, the hairpin mode of a bridge port, delete (by index or by link group),
   and bridge port VLANs;
 * addresses: add, delete, dump one link's;
-* routes: add, dump one link's (per family, main table).
+* routes: add, dump one link's (per family, main table);
+* for the overlay between nodes: vxlan links (create, inspect), permanent neighbours and a
+  device's own FDB entries (set, delete, dump one link's), routes marked with a protocol
+  number (add or replace, onlink; delete only if still marked; dump filtered by the mark),
+  ``ip route get``, and ``Rtnl.batch``, which pipelines many change requests per system call.
 
 The tests compare the encodings with pyroute2's encoders and run every request on the kernel.
 Where the bytes differ from what the plugin sent through pyroute2, on purpose: link changes are
@@ -34,6 +38,8 @@ import _socket
 import errno
 import os
 import struct
+from collections.abc import Sequence
+from typing import NamedTuple
 
 NETLINK_ROUTE = 0
 SOL_NETLINK = 270
@@ -125,6 +131,9 @@ _VLAN_INFO = struct.Struct("=HH")  # struct bridge_vlan_info: flags, vid
 
 RECV_BUFFER = 1 << 16
 DUMP_ATTEMPTS = 5  # dumps interrupted by a concurrent change are retried this often
+# Requests sent in one datagram by ``Rtnl.batch``: their acks (~1 KiB of receive buffer each,
+# counted with the kernel's per-packet overhead) must all fit in the default 208 KiB buffer.
+BATCH_WINDOW = 128
 
 
 class NetlinkError(OSError):
@@ -519,3 +528,271 @@ class Rtnl:
                     if not dump and not flags & NLM_F_ACK and not msg_flags & NLM_F_MULTI:
                         return answers, interrupted  # a get's single answer
                 offset += (length + 3) & ~3
+
+    def batch(
+        self, requests: Sequence[Request], *, window: int = BATCH_WINDOW
+    ) -> list[NetlinkError | None]:
+        """Run change requests pipelined; the outcome of each, in order (None: done).
+
+        Up to ``window`` requests go in one datagram, so one system call sends them all; the
+        kernel runs them in order before the send returns, each answered by its own ack, and
+        a refusal does not stop the ones after it. The acks are then read back, matched by
+        sequence number. Every request must ask for an ack and none may be a dump (a dump's
+        answers would interleave with the acks). ``window`` bounds the acks queued at once:
+        the kernel drops what overflows the receive buffer, which ends the batch with
+        NetlinkError(ENOBUFS) since the outcome of the lost ones is unknown.
+        """
+        for msg_type, flags, _ in requests:
+            if not flags & NLM_F_ACK or flags & NLM_F_DUMP == NLM_F_DUMP:
+                raise ValueError(f"batch: message type {msg_type} is a dump or has no ack")
+        results: list[NetlinkError | None] = [None] * len(requests)
+        for start in range(0, len(requests), max(1, window)):
+            pending: dict[int, int] = {}  # sequence number -> position in ``requests``
+            out = []
+            for position in range(start, min(start + max(1, window), len(requests))):
+                self._seq = seq = self._seq % 0xFFFFFFFF + 1
+                pending[seq] = position
+                out.append(encode(requests[position], seq))
+            self.sock.send(b"".join(out))
+            while pending:
+                try:
+                    data = self.sock.recv(RECV_BUFFER)
+                except OSError as exc:
+                    if exc.errno == errno.ENOBUFS:
+                        raise NetlinkError(errno.ENOBUFS, "acks lost: receive buffer full") from exc
+                    raise
+                offset = 0
+                while offset + 16 <= len(data):
+                    length, kind, msg_flags, msg_seq, _ = _NLMSGHDR.unpack_from(data, offset)
+                    if length < 16 or offset + length > len(data):
+                        raise NetlinkError(errno.EPROTO, "malformed netlink message")
+                    if kind == NLMSG_ERROR and msg_seq in pending:
+                        code = -_I32.unpack_from(data, offset + 16)[0] if length >= 20 else 0
+                        position = pending.pop(msg_seq)
+                        if code > 0:
+                            results[position] = _error(kind, code, data, offset, length, msg_flags)
+                    offset += (length + 3) & ~3
+        return results
+
+
+# ------------------------------------------------------------------ overlay: vxlan links
+
+RTM_DELROUTE = 25
+RTM_NEWNEIGH = 28
+RTM_DELNEIGH = 29
+RTM_GETNEIGH = 30
+NLM_F_REPLACE = 0x100  # with NLM_F_CREATE: create, or overwrite the entry with the same key
+
+IFLA_VXLAN_ID = 1
+IFLA_VXLAN_LINK = 3
+IFLA_VXLAN_LOCAL = 4
+IFLA_VXLAN_LEARNING = 7
+IFLA_VXLAN_PORT = 15  # big-endian u16
+IFLA_VXLAN_LOCAL6 = 17
+_BE16 = struct.Struct("!H")
+
+
+def link_add_vxlan(
+    name: str,
+    *,
+    vni: int,
+    port: int,
+    local: bytes,
+    underlay: int,
+    mac: str,
+    mtu: int,
+    learning: bool = False,
+    up: bool = True,
+) -> Request:
+    """Create a vxlan link, up unless asked otherwise (NLM_F_EXCL: EEXIST if the name is
+    taken).
+
+    ``local`` (4 or 16 bytes) is the source address of the encapsulated packets and picks the
+    underlay family; ``underlay`` the ifindex they leave by. No group and no remote: every
+    destination comes from static FDB entries, and ``learning`` off keeps the kernel from
+    adding any of its own.
+    """
+    local_attr = IFLA_VXLAN_LOCAL if len(local) == 4 else IFLA_VXLAN_LOCAL6
+    data = (
+        attr_u32(IFLA_VXLAN_ID, vni),
+        attr_u32(IFLA_VXLAN_LINK, underlay),
+        attr(local_attr, local),
+        attr_u8(IFLA_VXLAN_LEARNING, int(learning)),
+        attr(IFLA_VXLAN_PORT, _BE16.pack(port)),
+    )
+    flags = IFF_UP if up else 0
+    body = _ifinfo(flags=flags, change=flags) + attr_str(IFLA_IFNAME, name)
+    body += attr(IFLA_ADDRESS, mac_bytes(mac)) + attr_u32(IFLA_MTU, mtu)
+    body += _linkinfo("vxlan", *data)
+    return (RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK, body)
+
+
+def link_set_address(index: int, mac: str) -> Request:
+    """RTM_SETLINK of a link's MAC address."""
+    return (RTM_SETLINK, NLM_F_ACK, _ifinfo(index) + attr(IFLA_ADDRESS, mac_bytes(mac)))
+
+
+def parse_linkinfo(attrs: dict[int, bytes]) -> tuple[str, dict[int, bytes]]:
+    """A link answer's (IFLA_INFO_KIND, IFLA_INFO_DATA attributes); ("", {}) if none."""
+    info = attrs.get(IFLA_LINKINFO)
+    if info is None:
+        return "", {}
+    parts = parse_attrs(info)
+    kind = cstr(parts[IFLA_INFO_KIND]) if IFLA_INFO_KIND in parts else ""
+    data = parts.get(IFLA_INFO_DATA)
+    return kind, parse_attrs(data) if data is not None else {}
+
+
+def be16(payload: bytes) -> int:
+    value: int = _BE16.unpack_from(payload)[0]
+    return value
+
+
+# ------------------------------------------------------- overlay: neighbours and the FDB
+
+NDA_DST = 1
+NDA_LLADDR = 2
+NDA_IFINDEX = 8  # in a dump request: the link to dump the entries of
+NUD_PERMANENT = 0x80
+NTF_SELF = 0x02  # an FDB entry of the device itself (vxlan's own table), not of a bridge
+_NDMSG = struct.Struct("=BxxxiHBB")  # family, ifindex, state, flags, type
+
+
+def neigh_set(family: int, index: int, dst: bytes, lladdr: str) -> Request:
+    """``ip neigh replace <dst> lladdr <lladdr> dev <index> nud permanent``: create the entry
+    or overwrite the one for ``dst`` (``family`` AF_INET or AF_INET6)."""
+    body = _NDMSG.pack(family, index, NUD_PERMANENT, 0, 0)
+    body += attr(NDA_DST, dst) + attr(NDA_LLADDR, mac_bytes(lladdr))
+    return (RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE | NLM_F_ACK, body)
+
+
+def neigh_del(family: int, index: int, dst: bytes) -> Request:
+    """Delete the neighbour entry for ``dst`` on link ``index`` (ENOENT if there is none)."""
+    body = _NDMSG.pack(family, index, 0, 0, 0) + attr(NDA_DST, dst)
+    return (RTM_DELNEIGH, NLM_F_ACK, body)
+
+
+def neigh_dump(family: int, index: int) -> Request:
+    """The neighbour entries of one family on link ``index`` (filtered by the kernel: with
+    strict checking the link goes in NDA_IFINDEX, the header's ifindex must be 0)."""
+    body = _NDMSG.pack(family, 0, 0, 0, 0) + attr_u32(NDA_IFINDEX, index)
+    return (RTM_GETNEIGH, NLM_F_DUMP, body)
+
+
+def fdb_set(index: int, lladdr: str, dst: bytes) -> Request:
+    """``bridge fdb replace <lladdr> dev <index> dst <dst> self permanent``: frames to
+    ``lladdr`` are encapsulated to ``dst``; an entry for ``lladdr`` gets ``dst`` as its
+    (first) remote."""
+    body = _NDMSG.pack(AF_BRIDGE, index, NUD_PERMANENT, NTF_SELF, 0)
+    body += attr(NDA_LLADDR, mac_bytes(lladdr)) + attr(NDA_DST, dst)
+    return (RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE | NLM_F_ACK, body)
+
+
+def fdb_del(index: int, lladdr: str) -> Request:
+    """Delete the FDB entry for ``lladdr`` with all its remotes (no NDA_DST)."""
+    body = _NDMSG.pack(AF_BRIDGE, index, 0, NTF_SELF, 0) + attr(NDA_LLADDR, mac_bytes(lladdr))
+    return (RTM_DELNEIGH, NLM_F_ACK, body)
+
+
+def fdb_dump(index: int) -> Request:
+    """The FDB entries of link ``index`` (the header's ifindex filters, with strict checking)."""
+    return (RTM_GETNEIGH, NLM_F_DUMP, _NDMSG.pack(AF_BRIDGE, index, 0, 0, 0))
+
+
+def parse_neigh(body: bytes) -> tuple[int, int, int, int, dict[int, bytes]]:
+    """An RTM_NEWNEIGH answer: (family, ifindex, state, flags, attributes by type)."""
+    family, index, state, flags, _ = _NDMSG.unpack_from(body)
+    return family, index, state, flags, parse_attrs(body, _NDMSG.size)
+
+
+# ------------------------------------------------------------ overlay: routes we own
+
+RTA_PREFSRC = 7
+RTNH_F_ONLINK = 0x4  # the gateway is on the link, whatever its addresses say
+RT_SCOPE_NOWHERE = 255  # in a delete: any scope
+
+
+def _route_table(table: int) -> tuple[int, bytes]:
+    """rtm_table and the RTA_TABLE attribute: the header holds only 8 bits."""
+    return (table if table < 256 else 0), attr_u32(RTA_TABLE, table)
+
+
+def route_set(
+    family: int,
+    dst: bytes,
+    dst_len: int,
+    *,
+    gateway: bytes,
+    oif: int,
+    protocol: int,
+    onlink: bool = False,
+    replace: bool = False,
+    table: int = RT_TABLE_MAIN,
+) -> Request:
+    """A unicast route via ``gateway`` marked with ``protocol``.
+
+    Without ``replace``: NLM_F_EXCL, so a route with the same key (destination, TOS, metric;
+    of any protocol) makes it fail with EEXIST and is left alone. With ``replace``: the route
+    with that key is overwritten, whoever made it, so only for a key known to be ours.
+    """
+    rtm_table, table_attr = _route_table(table)
+    flags = RTNH_F_ONLINK if onlink else 0
+    body = _RTMSG.pack(family, dst_len, 0, 0, rtm_table, protocol, 0, RTN_UNICAST, flags)
+    body += attr(RTA_DST, dst) + table_attr + attr_u32(RTA_OIF, oif) + attr(RTA_GATEWAY, gateway)
+    how = NLM_F_REPLACE if replace else NLM_F_EXCL
+    return (RTM_NEWROUTE, NLM_F_CREATE | how | NLM_F_ACK, body)
+
+
+def route_del(
+    family: int,
+    dst: bytes,
+    dst_len: int,
+    *,
+    protocol: int,
+    table: int = RT_TABLE_MAIN,
+    priority: int | None = None,
+) -> Request:
+    """Delete the route to ``dst/dst_len`` in ``table`` only if it carries ``protocol`` (the
+    kernel matches rtm_protocol when non-zero): a route of anyone else is never deleted, the
+    request fails with ESRCH instead. Any scope and type, as ``ip route del``."""
+    rtm_table, table_attr = _route_table(table)
+    body = _RTMSG.pack(family, dst_len, 0, 0, rtm_table, protocol, RT_SCOPE_NOWHERE, 0, 0)
+    body += attr(RTA_DST, dst) + table_attr
+    if priority is not None:
+        body += attr_u32(RTA_PRIORITY, priority)
+    return (RTM_DELROUTE, NLM_F_ACK, body)
+
+
+def route_dump_protocol(family: int, protocol: int, table: int = RT_TABLE_MAIN) -> Request:
+    """The routes of one family in ``table`` that carry ``protocol`` (filtered by the kernel)."""
+    rtm_table, table_attr = _route_table(table)
+    body = _RTMSG.pack(family, 0, 0, 0, rtm_table, protocol, 0, 0, 0) + table_attr
+    return (RTM_GETROUTE, NLM_F_DUMP, body)
+
+
+def route_get(dst: bytes) -> Request:
+    """``ip route get <dst>``: the kernel's route lookup for one address (one answer)."""
+    family = AF_INET if len(dst) == 4 else AF_INET6
+    body = _RTMSG.pack(family, len(dst) * 8, 0, 0, 0, 0, 0, 0, 0) + attr(RTA_DST, dst)
+    return (RTM_GETROUTE, 0, body)
+
+
+class RouteMsg(NamedTuple):
+    """An RTM_NEWROUTE answer, header fields and attributes by type."""
+
+    family: int
+    dst_len: int
+    table: int
+    protocol: int
+    scope: int
+    type: int
+    flags: int
+    attrs: dict[int, bytes]
+
+
+def parse_route_msg(body: bytes) -> RouteMsg:
+    family, dst_len, _, _, table, protocol, scope, rtype, flags = _RTMSG.unpack_from(body)
+    attrs = parse_attrs(body, _RTMSG.size)
+    if RTA_TABLE in attrs:
+        table = u32(attrs[RTA_TABLE])
+    return RouteMsg(family, dst_len, table, protocol, scope, rtype, flags, attrs)

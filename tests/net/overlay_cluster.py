@@ -1,0 +1,317 @@
+"""A simulated cluster for the overlay tests: nodes as network namespaces, each with a pod.
+
+::
+
+      pod1          pod2                                  pod3
+       |             |                                     |
+     cni0 node1    cni0 node2                             cni0 node3
+       eth0          eth0                                   eth0 192.168.60.3, fd00:60::3
+        \\            /                                      |
+         [ switch: bridge ] --- eth0 [ router ] eth1 ---------+
+    192.168.50.0/24, fd00:50::/64      .254/::fe  192.168.60.0/24, fd00:60::/64
+
+node1 and node2 share a subnet (one L2 segment through the switch); node3 is behind the
+router, on another subnet. Node N owns the pod CIDRs 10.244.N.0/24 and fd00:244:N::/64: its
+bridge ``cni0`` holds the gateways (.1, ::1) and its pod holds .2 and ::2. Everything is made
+with ``ip`` (plain netlink), never with loxi-cni, and removed by ``destroy``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+import threading
+import uuid
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
+from typing import Any
+
+from pyroute2 import IPRoute
+
+from loxicni.net import netns, overlay, rtnl
+from loxicni.net.ip import IPAddress
+from loxicni.net.peers import LocalNode, Peer
+from loxicni.net.rtnl import Request, Rtnl
+
+MODIFYING = frozenset(
+    {
+        rtnl.RTM_NEWLINK,
+        rtnl.RTM_DELLINK,
+        rtnl.RTM_SETLINK,
+        rtnl.RTM_NEWADDR,
+        rtnl.RTM_DELADDR,
+        rtnl.RTM_NEWROUTE,
+        rtnl.RTM_DELROUTE,
+        rtnl.RTM_NEWNEIGH,
+        rtnl.RTM_DELNEIGH,
+    }
+)
+
+
+class CountingRtnl(Rtnl):
+    """An Rtnl that counts the requests sent through it that change the kernel, and the
+    system calls that sent them: the tests' own count, independent of the sync's report."""
+
+    def __init__(self, sock: Any) -> None:
+        super().__init__(sock)
+        self.modifying = 0
+        self.reads = 0
+        self.sends = 0
+
+    def _count(self, request: Request) -> None:
+        if request[0] in MODIFYING and request[1] & rtnl.NLM_F_DUMP != rtnl.NLM_F_DUMP:
+            self.modifying += 1
+        else:
+            self.reads += 1
+
+    def call(self, request: Request) -> list[bytes]:
+        self._count(request)
+        self.sends += 1
+        return super().call(request)
+
+    def batch(self, requests: Any, *, window: int = rtnl.BATCH_WINDOW) -> Any:
+        for request in requests:
+            self._count(request)
+        self.sends += -(-len(requests) // window)
+        return super().batch(requests, window=window)
+
+    def reset(self) -> None:
+        self.modifying = self.reads = self.sends = 0
+
+
+def sh(ns: str, script: str) -> None:
+    """Run ``ip`` commands (one a line) in netns ``ns``."""
+    subprocess.run(["ip", "-n", ns, "-batch", "-"], input=script.encode(), check=True)
+
+
+def sysctl(ns: str, *settings: str) -> None:
+    subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", *settings], check=True)
+
+
+@dataclass
+class Node:
+    index: int
+    ns: str  # the node's netns name
+    pod_ns: str
+    subnet: int  # 50 or 60: the third octet / second group of its underlay addresses
+    fd: int = -1
+    rt: CountingRtnl = field(init=False)
+
+    @property
+    def name(self) -> str:
+        return f"node{self.index}"
+
+    @property
+    def ipv4(self) -> IPv4Address:
+        return IPv4Address(f"192.168.{self.subnet}.{self.index}")
+
+    @property
+    def ipv6(self) -> IPv6Address:
+        return IPv6Address(f"fd00:{self.subnet}::{self.index}")
+
+    @property
+    def pod_ips(self) -> tuple[IPAddress, IPAddress]:
+        return ip_address(f"10.244.{self.index}.2"), ip_address(f"fd00:244:{self.index}::2")
+
+    @property
+    def peer(self) -> Peer:
+        return Peer(
+            name=self.name,
+            node_ips=(self.ipv4, self.ipv6),
+            pod_cidrs=(
+                ip_network(f"10.244.{self.index}.0/24"),
+                ip_network(f"fd00:244:{self.index}::/64"),
+            ),
+        )
+
+    def local(self) -> LocalNode:
+        return overlay.local_node(self.rt, self.name, self.peer.node_ips, self.peer.pod_cidrs)
+
+    def pyr(self) -> IPRoute:
+        return IPRoute(netns=self.ns)
+
+
+@dataclass
+class Cluster:
+    tag: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
+    nodes: list[Node] = field(default_factory=list)
+    made: list[str] = field(default_factory=list)  # netns names, removed by destroy
+
+    @property
+    def switch(self) -> str:
+        return f"ovl-{self.tag}-sw"
+
+    @property
+    def router(self) -> str:
+        return f"ovl-{self.tag}-rt"
+
+    def _netns(self, name: str) -> str:
+        subprocess.run(["ip", "netns", "add", name], check=True)
+        self.made.append(name)
+        sh(name, "link set lo up\n")
+        return name
+
+    def build(self) -> None:
+        sw, router = self._netns(self.switch), self._netns(self.router)
+        sh(sw, "link add br0 type bridge\nlink set br0 up\n")
+        sh(
+            sw,
+            f"link add sr type veth peer name eth0 netns {router}\nlink set sr master br0 up\n",
+        )
+        sh(
+            router,
+            "link set eth0 up\n"
+            "addr add 192.168.50.254/24 dev eth0\naddr add fd00:50::fe/64 dev eth0 nodad\n",
+        )
+        sysctl(router, "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+        for index, subnet in ((1, 50), (2, 50), (3, 60)):
+            node = Node(index, f"ovl-{self.tag}-n{index}", f"ovl-{self.tag}-p{index}", subnet)
+            self._netns(node.ns)
+            if subnet == 50:
+                sh(
+                    sw,
+                    f"link add s{index} type veth peer name eth0 netns {node.ns}\n"
+                    f"link set s{index} master br0 up\n",
+                )
+            else:
+                sh(
+                    router,
+                    f"link add eth1 type veth peer name eth0 netns {node.ns}\n"
+                    "link set eth1 up\naddr add 192.168.60.254/24 dev eth1\n"
+                    "addr add fd00:60::fe/64 dev eth1 nodad\n",
+                )
+            sh(
+                node.ns,
+                "link set eth0 up\n"
+                f"addr add {node.ipv4}/24 dev eth0\naddr add {node.ipv6}/64 dev eth0 nodad\n"
+                f"route add default via 192.168.{subnet}.254\n"
+                f"route add default via fd00:{subnet}::fe\n",
+            )
+            sysctl(node.ns, "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+            node.fd = netns.open_netns(f"/var/run/netns/{node.ns}")
+            node.rt = CountingRtnl(netns.netlink_socket_in(node.fd))
+            self.nodes.append(node)
+
+    def add_pods(self, mtu: int) -> None:
+        """A pod per node, its interface (and the host's end) at ``mtu``."""
+        for node in self.nodes:
+            pod = self._netns(node.pod_ns)
+            n = node.index
+            sh(
+                node.ns,
+                "link add cni0 type bridge\nlink set cni0 up\n"
+                f"addr add 10.244.{n}.1/24 dev cni0\naddr add fd00:244:{n}::1/64 dev cni0 nodad\n"
+                f"link add veth{n} mtu {mtu} type veth peer name eth0 mtu {mtu} netns {pod}\n"
+                f"link set veth{n} master cni0 up\n",
+            )
+            sh(
+                pod,
+                "link set eth0 up\n"
+                f"addr add 10.244.{n}.2/24 dev eth0\naddr add fd00:244:{n}::2/64 dev eth0 nodad\n"
+                f"route add default via 10.244.{n}.1\nroute add default via fd00:244:{n}::1\n",
+            )
+
+    def destroy(self) -> None:
+        for node in self.nodes:
+            node.rt.close()
+            if node.fd >= 0:
+                os.close(node.fd)
+        for name in reversed(self.made):
+            subprocess.run(["ip", "netns", "del", name], check=False)
+
+    def peers(self) -> list[Peer]:
+        return [node.peer for node in self.nodes]
+
+
+def ping_all(pairs: list[tuple[str, IPAddress]]) -> dict[tuple[str, str], bool]:
+    """Ping every (from netns, to address) at once: {(netns, address): answered}."""
+    procs = {
+        (ns, str(dst)): subprocess.Popen(
+            ["ip", "netns", "exec", ns, "ping", "-c", "1", "-W", "3", "-q", str(dst)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for ns, dst in pairs
+    }
+    return {key: proc.wait(timeout=30) == 0 for key, proc in procs.items()}
+
+
+def transfer(client: Node, server: Node, version: int, size: int = 1 << 20) -> str:
+    """Send ``size`` random bytes over TCP from ``client``'s pod to ``server``'s pod; the
+    SHA-256 of what arrived (equal to the sent one's when all went through)."""
+    dst = server.pod_ips[0 if version == 4 else 1]
+    family = socket.AF_INET if version == 4 else socket.AF_INET6
+    server_fd = netns.open_netns(f"/var/run/netns/{server.pod_ns}")
+    client_fd = netns.open_netns(f"/var/run/netns/{client.pod_ns}")
+    try:
+        listener = netns.run_in(server_fd, lambda: socket.socket(family, socket.SOCK_STREAM))
+        sender = netns.run_in(client_fd, lambda: socket.socket(family, socket.SOCK_STREAM))
+    finally:
+        os.close(server_fd)
+        os.close(client_fd)
+    payload = os.urandom(size)
+    received = hashlib.sha256()
+    with listener, sender:
+        listener.bind((str(dst), 0))
+        listener.listen(1)
+        listener.settimeout(20)
+        port = listener.getsockname()[1]
+
+        def serve() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(20)
+                while chunk := conn.recv(65536):
+                    received.update(chunk)
+
+        thread = threading.Thread(target=serve)
+        thread.start()
+        sender.settimeout(20)
+        sender.connect((str(dst), port))
+        sender.sendall(payload)
+        sender.shutdown(socket.SHUT_WR)
+        thread.join(timeout=30)
+    assert hashlib.sha256(payload).hexdigest() == received.hexdigest(), "transfer incomplete"
+    return received.hexdigest()
+
+
+SIGNALS = {
+    "Ip FragFails",  # IPv4: a packet too big for the next hop, DF set: dropped...
+    "Icmp OutDestUnreachs",  # ... and "fragmentation needed" sent back
+    "Ip FragCreates",
+    "Ip6FragFails",
+    "Icmp6OutPktTooBigs",  # IPv6: "packet too big" sent back
+}
+
+
+def path_mtu_signals(node: Node) -> dict[str, int]:
+    """The counters that move when ``node`` forwards a packet too big for its next hop (it
+    drops it and asks the sender for smaller ones: the ICMP a firewall may eat, leaving a
+    black hole)."""
+    out: dict[str, int] = {}
+    for path in ("/proc/net/snmp", "/proc/net/snmp6"):
+        text = subprocess.run(
+            ["ip", "netns", "exec", node.ns, "cat", path],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        lines = text.splitlines()
+        if path.endswith("6"):
+            pairs = [line.split() for line in lines]
+            out.update({k: int(v) for k, v in pairs if k in SIGNALS})
+            continue
+        for names, values in zip(lines[::2], lines[1::2], strict=True):
+            proto = names.split(":")[0]
+            for key, value in zip(names.split()[1:], values.split()[1:], strict=True):
+                if f"{proto} {key}" in SIGNALS:
+                    out[f"{proto} {key}"] = int(value)
+    return out
+
+
+def set_pod_mtu(node: Node, mtu: int) -> None:
+    """The MTU of ``node``'s pod interface and of its host end."""
+    sh(node.pod_ns, f"link set eth0 mtu {mtu}\n")
+    sh(node.ns, f"link set veth{node.index} mtu {mtu}\n")
