@@ -1,14 +1,13 @@
-"""IP address types of the net layer, and the address family of an IP version."""
+"""Packed addresses as the kernel gives them, and the address family of an IP version."""
 
 from __future__ import annotations
 
 import ipaddress
 
+from loxicni.cni.types import IPAddress, IPInterface, IPNetwork
 from loxicni.net import rtnl
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+__all__ = ["VERSIONS", "IPAddress", "IPInterface", "IPNetwork", "address", "family", "network"]
 
 VERSIONS = (4, 6)
 
