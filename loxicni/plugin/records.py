@@ -27,6 +27,7 @@ from loxicni.plugin.naming import attachment_key
 
 ADDING = "adding"
 READY = "ready"
+DELETING = "deleting"  # DEL answered; the host veth is retired and being deleted
 SCHEMA = 2  # 1: records without "schema"; 2 adds schema, generation, bridge, vlan, result
 
 
