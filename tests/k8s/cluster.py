@@ -171,6 +171,11 @@ class Cluster:
 
     # -- the agent
     def start_agent(self) -> None:
+        self.launch_agent()
+        wait_for("the agent's Kubernetes mode to be synced", self._synced, timeout=30)
+
+    def launch_agent(self) -> None:
+        """Start the agent and return at once (``start_agent`` also waits for it to sync)."""
         template = self.write_template()
         argv = [
             PLUGIN, "agent", "--socket", self.socket, "--metrics", "off",
@@ -181,7 +186,6 @@ class Cluster:
         env = {**os.environ, **self.env}
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=log)
-        wait_for("the agent's Kubernetes mode to be synced", self._synced, timeout=30)
 
     def _synced(self) -> bool:
         assert self.proc is not None
