@@ -10,6 +10,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -204,18 +205,17 @@ def test_non_root_peers_are_refused(agent: Agent) -> None:
 
 
 def test_thin_client_imports_only_the_standard_library() -> None:
-    launcher = Path(PLUGIN).read_text().splitlines()
-    site = next(line for line in launcher if "sys.path.insert" in line).split('"')[1]
+    """Python's plugin mode (run directly, without the compiled shim) and `loxi-cni status`."""
+    repo = Path(__file__).resolve().parents[2]
     code = (
-        f"import sys; sys.path.insert(0, {site!r})\n"
+        f"import sys; sys.path.insert(0, {str(repo)!r})\n"
         "import loxicni.main, loxicni.client\n"
         "heavy = [m for m in ('pyroute2', 'json', 'socket', 'asyncio', 'loxicni.plugin')"
         " if m in sys.modules]\n"
         "print(heavy)\n"
     )
-    python = launcher[0][2:].split()[0]
     out = subprocess.run(
-        [python, "-I", "-S", "-c", code], capture_output=True, text=True, check=True
+        [sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]"
 
