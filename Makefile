@@ -5,7 +5,7 @@ VENV        ?= $(PREFIX)/venv
 CNI_BIN_DIR ?= /opt/cni/bin
 DEV_VENV    ?= .venv
 
-.PHONY: all deps install dev lint reference-plugins test demo clean uninstall
+.PHONY: all deps install dev lint lock reference-plugins test demo clean uninstall image
 all: install
 
 deps:
@@ -13,10 +13,13 @@ deps:
 
 # The runtime environment: a venv of pinned dependencies plus the package, and the executable
 # (shim/loxi-cni.c compiled with the venv's interpreter baked in; scripts/write-launcher.sh).
+# requirements.lock pins (with hashes) what the plugin runs on and setuptools, its build
+# backend, so nothing unhashed is fetched.
 install: deps
 	@test -x $(VENV)/bin/python3 || $(PYTHON) -m venv $(VENV)
-	@$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements.lock
-	@$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps --force-reinstall .
+	@$(VENV)/bin/pip install -q --disable-pip-version-check --require-hashes -r requirements.lock
+	@$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation \
+		--force-reinstall .
 	@mkdir -p $(CNI_BIN_DIR)
 	@bash scripts/write-launcher.sh venv $(VENV) $(CNI_BIN_DIR)/loxi-cni
 	@echo "installed $(CNI_BIN_DIR)/loxi-cni (environment $(VENV))"
@@ -30,6 +33,25 @@ lint: dev
 	$(DEV_VENV)/bin/ruff check loxicni tests
 	$(DEV_VENV)/bin/mypy
 	$(DEV_VENV)/bin/lint-imports
+
+# requirements.lock from pyproject.toml: every version already pinned is kept (pass
+# LOCK_ARGS=--upgrade-package=NAME to move one), each file's hash written beside it.
+lock: dev
+	CUSTOM_COMPILE_COMMAND="make lock" $(DEV_VENV)/bin/pip-compile -q --generate-hashes \
+		--allow-unsafe --strip-extras --no-emit-find-links --build-deps-for=wheel \
+		-o requirements.lock $(LOCK_ARGS) pyproject.toml
+
+# The image the DaemonSet runs (scripts/build-image.sh): deploy/bundle.sh's tree FROM scratch,
+# as a docker-archive for `ctr -n k8s.io images import` or `podman load`. No registry, base
+# image or container engine needed; rebuilt only when its inputs change.
+IMAGE_TAR ?= build/loxi-cni-image.tar
+IMAGE_INPUTS := $(shell find loxicni shim -name '*.py' -o -name '*.c') pyproject.toml \
+	requirements.lock deploy/bundle.sh deploy/daemonset.yaml scripts/write-launcher.sh \
+	scripts/build-image.sh scripts/image-archive.py
+image: $(IMAGE_TAR)
+$(IMAGE_TAR): $(IMAGE_INPUTS)
+	@bash scripts/install-deps.sh
+	@OUT=$@ bash scripts/build-image.sh
 
 reference-plugins:
 	@bash scripts/reference-plugins.sh >/dev/null
@@ -66,19 +88,21 @@ runtimes-deps:
 test-runtimes: install dev runtimes-deps
 	LOXI_CNI_BIN=$(CNI_BIN_DIR)/loxi-cni $(DEV_VENV)/bin/pytest -q tests/runtimes
 
-# The real Kubernetes of tests/k8s (etcd, kube-apiserver, kube-controller-manager, kubectl,
-# kubelet), built from the Go module proxy into /var/cache/loxi-cni on first use (~10 min cold
+# The real Kubernetes of tests/k8s (etcd, kube-apiserver, kube-controller-manager,
+# kube-scheduler, kubectl, kubelet), built from the Go module proxy into /var/cache/loxi-cni on first use (~10 min cold
 # on 2 cores), then reused. LOXI_K8S_REQUIRED=1: a missing binary fails, never skips.
 .PHONY: k8s-deps test-k8s
 k8s-deps:
 	@bash scripts/k8s/build.sh
 
-test-k8s: dev k8s-deps
-	LOXI_K8S_REQUIRED=1 $(DEV_VENV)/bin/pytest -q tests/k8s
+test-k8s: dev image k8s-deps
+	LOXI_K8S_REQUIRED=1 LOXI_CNI_IMAGE=$(IMAGE_TAR) $(DEV_VENV)/bin/pytest -q tests/k8s
 
 # The agent's Kubernetes mode end to end: the real control plane, deploy/'s manifests, pod
 # sandboxes through containerd's CRI and direct execs, and a real kubelet running Pods on
-# loxi-cni (tests/k8s). A missing binary or tool fails, never skips.
+# loxi-cni (tests/k8s), and the image installed by deploy/'s DaemonSet (make image). A
+# missing binary or tool fails, never skips.
 .PHONY: e2e
-e2e: install dev k8s-deps runtimes-deps
-	LOXI_K8S_REQUIRED=1 LOXI_CNI_BIN=$(CNI_BIN_DIR)/loxi-cni $(DEV_VENV)/bin/pytest -q tests/k8s
+e2e: install dev image k8s-deps runtimes-deps
+	LOXI_K8S_REQUIRED=1 LOXI_CNI_BIN=$(CNI_BIN_DIR)/loxi-cni LOXI_CNI_IMAGE=$(IMAGE_TAR) \
+		$(DEV_VENV)/bin/pytest -q tests/k8s

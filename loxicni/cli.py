@@ -19,6 +19,8 @@ from loxicni.k8s.options import (
 )
 
 DEFAULT_METRICS = "127.0.0.1:9617"
+DEFAULT_TREE_DIR = "/opt/loxi-cni"
+DEFAULT_CNI_BIN_DIR = "/opt/cni/bin"
 
 
 def _version(args: argparse.Namespace) -> int:
@@ -78,6 +80,72 @@ def _status(args: argparse.Namespace) -> int:
     for network, count in sorted(info["addressesInUse"].items()):
         print(f"addresses in use, {network}: {count}")
     return code
+
+
+def _install_host(args: argparse.Namespace) -> int:
+    from loxicni.agent.install import InstallError, install_host
+    from loxicni.base import bundle
+
+    tree = bundle.running()
+    if tree is None:
+        print("loxi-cni install-host: runs from a self-contained tree (the image's)")
+        return 1
+    try:
+        done = install_host(tree, Path(args.host_root), args.tree_dir, args.cni_bin_dir)
+    except (InstallError, OSError) as exc:
+        print(f"loxi-cni install-host: {exc}")
+        return 1
+    plugin = f"{args.cni_bin_dir.rstrip('/')}/loxi-cni"
+    how = "copied" if done.copied else "already there"
+    print(f"installed {plugin}: loxi-cni {done.version}, tree {done.tree} ({how})")
+    if done.replaced:
+        print(f"replaced the executable of {done.replaced} (kept, for calls still running)")
+    for removed in done.removed:
+        print(f"removed {args.tree_dir.rstrip('/')}/{removed}")
+    return 0
+
+
+def _uninstall(args: argparse.Namespace) -> int:
+    from loxicni import client
+    from loxicni.agent.uninstall import uninstall
+    from loxicni.net.masq import NftError
+
+    try:
+        code, out = client.call_agent({wire.ADMIN_KEY: "status"}, b"", timeout=10)
+    except (client.AgentUnavailable, client.AgentLost):
+        pass
+    else:
+        pid = json.loads(out).get("pid") if code == 0 else "?"
+        print(
+            f"loxi-cni uninstall: the agent is running (pid {pid}): remove its DaemonSet "
+            "first (kubectl delete -f deploy/), or stop it"
+        )
+        return 1
+    conf = Path(args.cni_conf_dir) / args.cni_conf_name if args.cni_conf_dir else None
+    try:
+        done = uninstall(conf, Path(args.tree_dir), Path(args.cni_bin_dir), args.force)
+    except (NftError, OSError) as exc:
+        print(f"loxi-cni uninstall: {exc}")
+        return 1
+    if args.json:
+        print(json.dumps(done.__dict__))
+        return 1 if done.in_use else 0
+    if done.in_use:
+        print("loxi-cni uninstall: pods are still attached; nothing was removed.")
+        print("Delete them (or drain the node), then run it again; --force releases them.")
+        for attached in done.in_use:
+            print(f"attached: {attached}")
+        return 1
+    print(f"CNI config removed: {done.conf or 'none'}")
+    print(f"attachments released: {len(done.released)}")
+    print(f"bridges removed: {', '.join(done.bridges) or 'none'}")
+    print(f"masquerade table removed: {'yes' if done.masquerade_table else 'no'}")
+    print(f"host-local stores removed: {', '.join(done.stores) or 'none'}")
+    print(f"executable removed: {done.executable or 'none'}")
+    print(f"trees removed: {', '.join(done.trees) or 'none'}")
+    for kept in done.kept:
+        print(f"kept: {kept}")
+    return 0
 
 
 def _add_version(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -158,6 +226,60 @@ def _add_agent(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(func=_agent)
 
 
+def _add_install_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tree-dir",
+        default=DEFAULT_TREE_DIR,
+        metavar="DIR",
+        help="the host directory of the self-contained trees (default %(default)s)",
+    )
+    p.add_argument(
+        "--cni-bin-dir",
+        default=DEFAULT_CNI_BIN_DIR,
+        metavar="DIR",
+        help="the runtime's CNI bin dir, where loxi-cni goes (default %(default)s)",
+    )
+
+
+def _add_install_host(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "install-host",
+        help="install the plugin on the host from this self-contained tree (the DaemonSet's "
+        "init container): the tree in --tree-dir, the executable in --cni-bin-dir",
+    )
+    p.add_argument(
+        "--host-root",
+        default="/",
+        metavar="DIR",
+        help="where the host's directories are mounted (default %(default)s)",
+    )
+    _add_install_options(p)
+    p.set_defaults(func=_install_host)
+
+
+def _add_uninstall(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "uninstall",
+        help="remove loxi-cni from this node once its DaemonSet is gone: the CNI config, "
+        "released attachments, bridges, masquerade table, stores, records, executable, trees",
+    )
+    _add_install_options(p)
+    p.add_argument(
+        "--cni-conf-dir",
+        default=DEFAULT_CONF_DIR,
+        metavar="DIR",
+        help="where the agent wrote the CNI config (default %(default)s)",
+    )
+    p.add_argument("--cni-conf-name", default=DEFAULT_CONF_NAME, metavar="FILE")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="also release the pods still attached: their network goes at once",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_uninstall)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="loxi-cni",
@@ -168,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_version(sub)
     _add_agent(sub)
     _add_status(sub)
+    _add_install_host(sub)
+    _add_uninstall(sub)
     return parser
 
 

@@ -8,6 +8,9 @@
 #   scripts/write-launcher.sh bundle DEST PREFIX  (deploy/bundle.sh)
 #     Python: the bundle's own loader runs its interpreter on the bundle's libraries only, -I -S
 #     as above; DEST (to be installed at PREFIX) gets launcher.py and the executable loxi-cni.
+#     PREFIX is compiled in where `loxi-cni install-host` can rewrite it (shim/loxi-cni.c,
+#     LOXI_TREE), and launcher.py finds site-packages beside itself: a tree can be copied
+#     anywhere.
 #
 # The command is compiled in rather than read from a file beside the tree: the shim then needs
 # no path of its own at run time (it is copied to /opt/cni/bin, away from the tree) and no
@@ -34,20 +37,30 @@ case $mode in
     [ ${#loaders[@]} -eq 1 ] && [ -e "${loaders[0]}" ] || { echo "no single loader in $dest/lib" >&2; exit 1; }
     [ ${#pythons[@]} -eq 1 ] && [ -e "${pythons[0]}" ] || { echo "no single python in $dest" >&2; exit 1; }
     loader=${loaders[0]##*/} py=${pythons[0]##*/}
-    site=$prefix/python/lib/$py/site-packages build_site=$dest/python/lib/$py/site-packages
-    entry=$prefix/launcher.py entry_file=$dest/launcher.py target=$dest/loxi-cni
-    run=("$prefix/lib/$loader" --library-path "$prefix/lib" "$prefix/python/bin/$py" -I -S)
+    build_site=$dest/python/lib/$py/site-packages
+    entry=@TREE@/launcher.py entry_file=$dest/launcher.py target=$dest/loxi-cni
+    run=(@TREE@/lib/"$loader" --library-path @TREE@/lib @TREE@/python/bin/"$py" -I -S)
     build=("$dest/lib/$loader" --library-path "$dest/lib" "$dest/python/bin/$py" -I -S)
+    tree=(-DLOXI_TREE="$(printf '"%s"' "$prefix")")
     ;;
   *) echo "write-launcher.sh: unknown mode $mode" >&2; exit 2 ;;
 esac
 
-cat > "$entry_file" <<ENTRY
+if [ "$mode" = venv ]; then
+  cat > "$entry_file" <<ENTRY
 import sys
 sys.path.insert(0, "$site")
 from loxicni.main import main
 sys.exit(main())
 ENTRY
+else
+  cat > "$entry_file" <<ENTRY
+import sys
+sys.path.insert(0, __file__.rpartition("/")[0] + "/python/lib/$py/site-packages")
+from loxicni.main import main
+sys.exit(main())
+ENTRY
+fi
 
 # What the Python plugin answers to VERSION, as a C string literal (JSON escapes of ASCII are C's).
 version_reply=$("${build[@]}" -c '
@@ -68,7 +81,7 @@ mkdir -p "$(dirname "$target")"
 tmp=$(mktemp "$target.XXXXXX")
 trap 'rm -f "$tmp"' EXIT
 "${CC:-cc}" -O2 -Wall -Wextra -s ${SHIM_LDFLAGS--static} \
-  "-DLOXI_PYTHON_ARGV=$argv" "-DLOXI_VERSION_REPLY=$version_reply" \
+  "-DLOXI_PYTHON_ARGV=$argv" "-DLOXI_VERSION_REPLY=$version_reply" ${tree[@]+"${tree[@]}"} \
   -o "$tmp" "$repo/shim/loxi-cni.c"
 chmod 0755 "$tmp"
 mv -f "$tmp" "$target"

@@ -13,6 +13,8 @@
  * Built by scripts/write-launcher.sh, which compiles in where Python is:
  *   -DLOXI_PYTHON_ARGV='"/usr/bin/python3.11", "-I", "-S", "/opt/loxi-cni/launcher.py"'
  *   -DLOXI_VERSION_REPLY='"{\"cniVersion\":...}\n"'
+ * and, for a self-contained tree (deploy/bundle.sh), the tree's directory:
+ *   -DLOXI_TREE='"/opt/loxi-cni"', with argv entries starting "@TREE@" relative to it
  */
 #define _GNU_SOURCE
 #include <ctype.h>
@@ -46,6 +48,42 @@
 
 static const char *const python_argv[] = {LOXI_PYTHON_ARGV};
 #define PYTHON_ARGC (sizeof(python_argv) / sizeof(python_argv[0]))
+
+#ifdef LOXI_TREE
+/* A tree's executable finds the tree here. `loxi-cni install-host` copies the tree to a host
+ * directory of its choosing and rewrites this path in place in its copies of the executable:
+ * the tag, which it searches for, says how many bytes the NUL-terminated path may take.
+ * volatile: the compiler must read the bytes at run time, never fold the built-in path. */
+#define TREE_TAG "loxi-cni tree path, 4096 bytes:"
+#define TREE_MARK "@TREE@"
+static volatile const char tree_slot[sizeof(TREE_TAG) - 1 + 4096] = TREE_TAG LOXI_TREE;
+
+/* A python_argv entry with the tree's path in place of its mark. */
+static char *tree_arg(const char *arg)
+{
+	if (strncmp(arg, TREE_MARK, sizeof(TREE_MARK) - 1))
+		return (char *)arg;
+	static char tree[4096];
+	if (!tree[0]) {
+		size_t i = 0;
+		for (; i < sizeof(tree) - 1 && tree_slot[sizeof(TREE_TAG) - 1 + i]; i++)
+			tree[i] = tree_slot[sizeof(TREE_TAG) - 1 + i];
+		tree[i] = 0;
+	}
+	const char *rest = arg + sizeof(TREE_MARK) - 1;
+	char *out = malloc(strlen(tree) + strlen(rest) + 1);
+	if (!out)
+		abort();
+	strcpy(out, tree);
+	strcat(out, rest);
+	return out;
+}
+#else
+static char *tree_arg(const char *arg)
+{
+	return (char *)arg;
+}
+#endif
 
 /* Whole-buffer write; a runtime that closed our stdout gets nothing more. */
 static void write_all(int fd, const char *buf, size_t len)
@@ -155,7 +193,7 @@ static void __attribute__((noreturn)) exec_python(char **argv, const char *in, s
 		abort();
 	size_t i = 0;
 	for (; i < PYTHON_ARGC; i++)
-		args[i] = (char *)python_argv[i];
+		args[i] = tree_arg(python_argv[i]);
 	for (int a = 1; a < argc; a++)
 		args[i++] = argv[a];
 	execv(args[0], args);

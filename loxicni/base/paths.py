@@ -8,6 +8,9 @@ second agent in another network namespace) moves all of them with two variables:
 - ``LOXI_CNI_RUN_DIR`` (default ``/run/loxi-cni``): what a reboot must forget: per-attachment
   locks, the nftables lock, and the agent's socket.
 - ``LOXI_CNI_SOCKET`` overrides the socket alone (default ``<run dir>/agent.sock``).
+- ``LOXI_CNI_PROC_SYS`` (default ``/proc/sys``): where the kernel's sysctls are written. A
+  container's own /proc/sys is read-only; the DaemonSet mounts the host's net sysctls
+  elsewhere.
 
 Standard library only: the thin client imports this on every call.
 """
@@ -18,6 +21,7 @@ import os
 
 DEFAULT_STATE_DIR = "/var/lib/loxi-cni"
 DEFAULT_RUN_DIR = "/run/loxi-cni"
+DEFAULT_PROC_SYS = "/proc/sys"
 SOCKET_NAME = "agent.sock"
 
 
@@ -43,3 +47,7 @@ def locks_dir() -> str:
 
 def nft_lock() -> str:
     return os.path.join(run_dir(), "nft.lock")
+
+
+def proc_sys() -> str:
+    return os.environ.get("LOXI_CNI_PROC_SYS") or DEFAULT_PROC_SYS

@@ -400,6 +400,23 @@ class Store:
             if attachment not in keep:
                 _unlink_quiet(path)
 
+    def remove_if_empty(self) -> bool:
+        """Remove the network's directory and our index of it if no address is reserved there
+        (an uninstall, every attachment released); False, and nothing removed, otherwise."""
+        import shutil  # only here: every plugin call imports this module
+
+        if not self.exists():
+            shutil.rmtree(self.index_dir, ignore_errors=True)
+            return True
+        with self.locked():
+            if self.reservations():
+                return False
+            shutil.rmtree(self.index_dir, ignore_errors=True)
+            with suppress(OSError):
+                self.index_dir.parent.rmdir()  # only once no network is indexed
+            shutil.rmtree(self.dir)  # the lock file too: no caller may be waiting on it now
+        return True
+
     def probe(self) -> None:
         """Prove both directories writable (create, sync and remove a file); IO_FAILURE if not."""
         for directory in (self.index_dir, self.dir):

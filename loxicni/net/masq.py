@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import quote, unquote
 
-from loxicni.base import paths
+from loxicni.base import bundle, paths
 
 if TYPE_CHECKING:
     import subprocess  # imported where nft runs: ~3 ms with shutil, at every start otherwise
@@ -187,6 +187,21 @@ def masqueraded_attachments(network: str) -> set[tuple[str, str]]:
     return out
 
 
+def delete_table_if_unused() -> bool:
+    """Delete our table if no set holds an element (no attachment masquerades): what is left
+    after every pod's DEL, for an uninstall. Under the lock, so no ADD comes in between (a
+    later one makes the table again)."""
+    with _locked():
+        if _read().elems:
+            return False
+        proc = _run(["delete", "table", "inet", TABLE], None, "cannot delete the masquerade table")
+        if proc.returncode == 0:
+            return True
+        if "No such file or directory" in proc.stderr:
+            return False
+        raise _failed("cannot delete the masquerade table", proc)
+
+
 # --- attachment tags ------------------------------------------------------------------------
 
 
@@ -284,7 +299,12 @@ def _locked() -> Iterator[None]:
         os.close(fd)  # closing the last descriptor releases the lock
 
 
-def _nft_binary() -> str:
+def _nft_command() -> list[str]:
+    """The nft of the self-contained tree we run from (the image, or the tree the DaemonSet
+    installs on the host: the nft it was built and tested with), else the host's."""
+    tree = bundle.running()
+    if tree is not None:
+        return tree.command(tree.nft)
     import shutil
 
     found = shutil.which("nft") or shutil.which("nft", path=SBIN_DIRS)
@@ -293,13 +313,13 @@ def _nft_binary() -> str:
             "ipMasq needs the nft command (package nftables), which was not found",
             f"searched PATH={os.environ.get('PATH', '')!r} and {SBIN_DIRS}",
         )
-    return found
+    return [found]
 
 
 def _run(args: list[str], stdin: str | None, what: str) -> subprocess.CompletedProcess[str]:
     import subprocess
 
-    cmd = [_nft_binary(), *args]
+    cmd = [*_nft_command(), *args]
     try:
         return subprocess.run(
             cmd, input=stdin, capture_output=True, text=True, timeout=NFT_TIMEOUT, check=False

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-PROC_SYS = Path("/proc/sys")
+from loxicni.base import paths
 
 
 def ensure(key: str, value: str) -> None:
     """Set ``net/ipv4/ip_forward``-style ``key`` to ``value`` in the caller's netns."""
-    path = PROC_SYS / key
+    path = Path(paths.proc_sys()) / key
     if path.read_text().strip() != value:
         path.write_text(value)
 

@@ -4,7 +4,8 @@
 # 3.5.24) from the Go module proxy into a cache outside the repo, reused by later runs.
 # Builds only the binaries that are missing, then prints the directory that holds them.
 #
-#   scripts/k8s/build.sh              kube-apiserver, kube-controller-manager, kubectl, kubelet, etcd
+#   scripts/k8s/build.sh              kube-apiserver, kube-controller-manager, kube-scheduler,
+#                                     kubectl, kubelet, etcd
 #   scripts/k8s/build.sh kube-proxy   also other k8s.io/kubernetes/cmd/* commands
 #   scripts/k8s/build.sh --print-dir  only print the directory (exit 1 if a binary is missing)
 #
@@ -26,11 +27,11 @@ CACHE_ROOT=${LOXI_K8S_CACHE:-/var/cache/loxi-cni}
 DIR=${LOXI_K8S_BIN_DIR:-$CACHE_ROOT/k8s-$K8S_VERSION-etcd-$ETCD_VERSION}
 
 print_only=0
-wanted=(kube-apiserver kube-controller-manager kubectl kubelet etcd)
+wanted=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet etcd)
 for arg in "$@"; do
   case $arg in
     --print-dir) print_only=1 ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     -*) echo "unknown option $arg" >&2; exit 2 ;;
     *) wanted+=("$arg") ;;
   esac

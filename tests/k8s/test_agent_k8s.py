@@ -330,9 +330,17 @@ def test_deploy_manifests_are_what_a_cluster_runs(
     assert spec["hostNetwork"] is True and spec["serviceAccountName"] == "loxi-cni"
     assert spec["priorityClassName"] == "system-node-critical"
     (init,) = spec["initContainers"]
-    assert init["command"] == ["/opt/loxi-cni/install-host.sh"]
+    assert init["command"][:2] == ["/opt/loxi-cni/loxi-cni", "install-host"]
     (agent,) = spec["containers"]
+    assert init["image"] == agent["image"]  # one image (deploy/daemonset.yaml's &image)
     assert "--in-cluster" in agent["args"]
+    # Least privilege: no privileged container; the agent has exactly two capabilities.
+    assert init["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert agent["securityContext"]["capabilities"] == {
+        "drop": ["ALL"],
+        "add": ["NET_ADMIN", "SYS_ADMIN"],
+    }
+    assert not any(c["securityContext"].get("privileged") for c in (init, agent))
     template_arg = next(a for a in agent["args"] if a.startswith("--cni-conf-template="))
     mount = next(m for m in agent["volumeMounts"] if m["name"] == "template")
     assert template_arg.split("=", 1)[1].startswith(mount["mountPath"] + "/")
@@ -341,7 +349,8 @@ def test_deploy_manifests_are_what_a_cluster_runs(
     cm = control_plane.get_json("configmap", "loxi-cni-config", "-n", "kube-system")
     assert json.loads(cm["data"]["cni-conf-template.json"])["plugins"][0]["type"] == "loxi-cni"
     host_paths = {v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
-    assert {"/opt", "/etc/cni/net.d", "/run/loxi-cni", "/var/lib/loxi-cni"} <= host_paths
+    assert {"/opt/cni/bin", "/opt/loxi-cni", "/etc/cni/net.d", "/run/loxi-cni"} <= host_paths
+    assert "/opt" not in host_paths and "/" not in host_paths
     env = {e["name"]: e for e in agent["env"]}
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
 
