@@ -34,6 +34,7 @@ DEPLOY = REPO / "deploy"
 MANIFESTS = ("crd.yaml", "rbac.yaml", "configmap.yaml", "daemonset.yaml")
 NETWORK_STATUS = "k8s.v1.cni.cncf.io/network-status"
 AGENT_SA = ("kube-system", "loxi-cni")
+BUSYBOX = "loxi.local/busybox:rt"  # tests.runtimes.oci.busybox_image, imported where it runs
 
 
 def free_pod_cidr() -> ipaddress.IPv4Network:
@@ -45,7 +46,9 @@ def free_pod_cidr() -> ipaddress.IPv4Network:
 
 
 def apply_deploy(cp: ControlPlane) -> Path:
-    """deploy/ applied as is; a kubeconfig holding a token of the agent's ServiceAccount."""
+    """deploy/ applied as is; a kubeconfig holding a token of the agent's ServiceAccount that
+    names no node: RBAC's view of the agent (deploy/rbac.yaml's admission policy lets it write
+    nothing; an agent runs on `node_agent_kubeconfig`)."""
     for name in MANIFESTS:
         cp.kubectl("apply", "-f", str(DEPLOY / name))
     cp.kubectl(
@@ -53,6 +56,19 @@ def apply_deploy(cp: ControlPlane) -> Path:
         "crd/podnetworkinterfaces.loxicni.io",
     )  # fmt: skip
     return cp.kubeconfig_for_token(cp.token_for(*AGENT_SA))
+
+
+_node_kubeconfigs: dict[tuple[str, str], Path] = {}
+
+
+def node_agent_kubeconfig(cp: ControlPlane, node: str) -> Path:
+    """A kubeconfig of the agent's ServiceAccount for the agent of `node` (which must exist):
+    its token names the node, as the token of the DaemonSet's pod on it does, so the admission
+    policy lets it write for that node only."""
+    key = (cp.server, node)
+    if key not in _node_kubeconfigs:
+        _node_kubeconfigs[key] = cp.kubeconfig_for_token(cp.token_for(*AGENT_SA, node=node))
+    return _node_kubeconfigs[key]
 
 
 def require(missing: Sequence[str], what: str) -> None:
@@ -98,12 +114,63 @@ def template_from_configmap() -> dict[str, Any]:
     return template
 
 
+def node_ready(cp: ControlPlane, node: str) -> bool:
+    conditions = cp.get_json("node", node)["status"].get("conditions", [])
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+def busybox_pod(
+    name: str, namespace: str, node: str, script: str, port: int | None = None
+) -> dict[str, Any]:
+    """A busybox Pod bound to `node` (no scheduler involved), for a real kubelet to run. Its
+    shell, PID 1, exits on TERM, so a deletion takes a moment, not the grace period. With
+    `port`, it is Ready once the kubelet connects to it there, from the host through the
+    bridge."""
+    container: dict[str, Any] = {
+        "name": name,
+        "image": BUSYBOX,
+        "imagePullPolicy": "Never",
+        "command": ["sh", "-c", f"trap 'exit 0' TERM; {script} & wait"],
+    }
+    if port is not None:
+        container["readinessProbe"] = {"tcpSocket": {"port": port}, "periodSeconds": 1}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "nodeName": node,
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 10,
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "containers": [container],
+        },
+    }
+
+
+def wait_pod_ready(
+    cp: ControlPlane, namespace: str, name: str, timeout: float = 120
+) -> dict[str, Any]:
+    """The Pod once Running and Ready, with its IPs; a Pod that failed ends the wait at once."""
+
+    def ready() -> dict[str, Any] | None:
+        res = cp.kubectl("get", "pod", name, "-n", namespace, "-o", "json", check=False)
+        pod = json.loads(res.stdout) if res.returncode == 0 else {}
+        status: dict[str, Any] = pod.get("status", {})
+        assert status.get("phase") not in ("Failed", "Succeeded"), f"{name}: {status}"
+        conditions = {c["type"]: c["status"] for c in status.get("conditions", [])}
+        running = status.get("phase") == "Running" and status.get("podIP")
+        return pod if running and conditions.get("Ready") == "True" else None
+
+    return wait_for(f"Pod {name} Running and Ready", ready, timeout=timeout, interval=0.5)
+
+
 @dataclass
 class Cluster:
     """One test's node: a Node object, its network's names, and the agent serving it."""
 
     cp: ControlPlane
-    kubeconfig: Path
     namespace: str
     workdir: Path
     node: str
@@ -126,6 +193,11 @@ class Cluster:
     @property
     def veth_prefix(self) -> str:
         return f"lk{self.tag[:4]}"
+
+    @property
+    def kubeconfig(self) -> Path:
+        """What the agent reaches the API with (minted when first asked: the Node exists)."""
+        return node_agent_kubeconfig(self.cp, self.node)
 
     @property
     def socket(self) -> str:

@@ -1,7 +1,8 @@
 """A real Kubernetes control plane on loopback for tests: etcd, kube-apiserver and (optionally)
-kube-controller-manager, built by `scripts/k8s/build.sh`. No fake API: what passes here passes
-against a cluster's API server, with its validation, admission, RBAC and TokenRequest. A real
-kubelet can join it too (`start_kubelet`), running Pods through containerd's CRI.
+kube-controller-manager and kube-scheduler, built by `scripts/k8s/build.sh`. No fake API: what
+passes here passes against a cluster's API server, with its validation, admission, RBAC and
+TokenRequest. A real kubelet can join it too (`start_kubelet`), running Pods through
+containerd's CRI.
 
 Independent of pytest, so a script or a REPL can run one too::
 
@@ -114,6 +115,8 @@ class ControlPlane:
         work_dir: Path | None = None,
         *,
         controller_manager: bool = True,
+        controllers: Sequence[str] = CONTROLLERS,
+        scheduler: bool = False,
         start_timeout: float = 120.0,
     ) -> None:
         self.bin_dir = bin_dir
@@ -121,6 +124,8 @@ class ControlPlane:
         self.work_dir = work_dir or Path(tempfile.mkdtemp(prefix="loxi-k8s-"))
         kcm = bin_dir / "kube-controller-manager"
         self.controller_manager = controller_manager and kcm.exists()
+        self.controllers = tuple(controllers)
+        self.scheduler = scheduler
         self.start_timeout = start_timeout
         self.pki = self.work_dir / "pki"
         self.ca_path = self.pki / "ca.crt"
@@ -153,6 +158,8 @@ class ControlPlane:
             self._start_apiserver(etcd_url, deadline)
             if self.controller_manager:
                 self._start_controller_manager(deadline)
+            if self.scheduler:
+                self._start_scheduler(deadline)
         except BaseException:
             self.stop()
             raise
@@ -369,7 +376,7 @@ class ControlPlane:
             [
                 str(self.bin_dir / "kube-controller-manager"),
                 f"--kubeconfig={kubeconfig}",
-                f"--controllers={','.join(CONTROLLERS)}",
+                f"--controllers={','.join(self.controllers)}",
                 "--use-service-account-credentials=true",
                 f"--service-account-private-key-file={self.pki / 'sa.key'}",
                 f"--root-ca-file={self.ca_path}",
@@ -388,6 +395,42 @@ class ControlPlane:
             lambda: self.kubectl("get", "serviceaccount", "default", check=False).returncode == 0,
             deadline,
         )
+
+    def _start_scheduler(self, deadline: float) -> None:
+        """kube-scheduler, as the user its default ClusterRoleBinding names."""
+        kubeconfig = self.work_dir / "scheduler.kubeconfig"
+        self._sign("scheduler", "/CN=system:kube-scheduler", "clientAuth")
+        self._write_kubeconfig(
+            kubeconfig,
+            user={
+                "client-certificate": str(self.pki / "scheduler.crt"),
+                "client-key": str(self.pki / "scheduler.key"),
+            },
+        )
+        self._spawn(
+            "kube-scheduler",
+            [
+                str(self.bin_dir / "kube-scheduler"),
+                f"--kubeconfig={kubeconfig}",
+                f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}",
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={(port := free_port())}",
+                f"--cert-dir={self.work_dir / 'scheduler-certs'}",
+                "--v=1",
+            ],
+        )
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # its self-signed cert
+
+        def healthy() -> bool:
+            with urllib.request.urlopen(
+                f"https://127.0.0.1:{port}/healthz", timeout=2, context=ctx
+            ) as r:
+                return bool(r.read().strip() == b"ok")
+
+        self._wait("kube-scheduler", healthy, deadline)
 
     # -- clients --------------------------------------------------------------------------------
 
@@ -446,10 +489,16 @@ class ControlPlane:
         text = manifest if isinstance(manifest, str) else json.dumps(manifest)
         self.kubectl("apply", "-f", "-", input=text)
 
-    def token_for(self, namespace: str, serviceaccount: str, duration: str = "1h") -> str:
-        """A bound ServiceAccount token from the TokenRequest API (`kubectl create token`)."""
+    def token_for(
+        self, namespace: str, serviceaccount: str, duration: str = "1h", node: str | None = None
+    ) -> str:
+        """A ServiceAccount token from the TokenRequest API (`kubectl create token`). With
+        `node`, bound to that Node (which must exist): the API server then names the node in
+        the token's user info (`authentication.kubernetes.io/node-name`), as it does in the
+        token of a pod running on it, and the token dies with the Node."""
+        bound = ["--bound-object-kind=Node", f"--bound-object-name={node}"] if node else []
         res = self.kubectl(
-            "create", "token", serviceaccount, "-n", namespace, f"--duration={duration}"
+            "create", "token", serviceaccount, "-n", namespace, f"--duration={duration}", *bound
         )
         return res.stdout.strip()
 

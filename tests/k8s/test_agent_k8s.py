@@ -17,12 +17,13 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from loxicni.k8s.api import Api, ApiError, connect
 from tests.runtimes import oci
 from tests.runtimes.helpers import LOOPBACK
 from tests.runtimes.runtimes import Containerd
@@ -36,6 +37,7 @@ from .cluster import (
     check_network_status,
     free_pod_cidr,
     host_link,
+    node_agent_kubeconfig,
     template_from_configmap,
 )
 from .controlplane import ControlPlane
@@ -49,7 +51,7 @@ def cluster(
     v6 = ipaddress.ip_network(f"fd97:{v4.network_address.packed[2]:x}::/64")
     node = f"node-{uuid.uuid4().hex[:8]}"
     control_plane.create_node(node, [str(v4), str(v6)])
-    c = Cluster(control_plane, agent_kubeconfig, namespace, tmp_path, node, [str(v4), str(v6)])
+    c = Cluster(control_plane, namespace, tmp_path, node, [str(v4), str(v6)])
     try:
         yield c
     finally:
@@ -245,6 +247,98 @@ def test_rbac_grants_the_agent_what_it_needs_and_nothing_more(
         "get", "secrets", "-n", namespace, kubeconfig=agent_kubeconfig, check=False
     )
     assert denied.returncode != 0 and "Forbidden" in denied.stderr
+
+
+def test_an_agent_writes_only_for_its_own_node(
+    control_plane: ControlPlane, agent_kubeconfig: Path, namespace: str
+) -> None:
+    """deploy/rbac.yaml's admission policy, on the real API server: the agent of node A may
+    write the status of A's Pods and A's PodNetworkInterfaces, never B's; a token that names
+    no node may write nothing. Tokens as the agents hold them: a DaemonSet pod's (bound to a
+    Pod on A) and a Node-bound one (what the other tests' agents run on)."""
+    cp = control_plane
+    tag = uuid.uuid4().hex[:6]
+    node_a, node_b = f"adm-a-{tag}", f"adm-b-{tag}"
+    for node in (node_a, node_b):
+        cp.create_node(node)
+    holder = f"loxi-cni-{tag}"  # the DaemonSet's pod on A, as far as the API knows
+    try:
+        for name, node in (("on-a", node_a), ("on-b", node_b)):
+            pod = {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]},
+            }
+            cp.kubectl("create", "-f", "-", input=json.dumps(pod))
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": holder, "namespace": "kube-system"},
+            "spec": {
+                "nodeName": node_a,
+                "serviceAccountName": "loxi-cni",
+                "hostNetwork": True,
+                "containers": [{"name": "agent", "image": "localhost/loxi-cni:0.1.0"}],
+            },
+        }
+        uid = json.loads(
+            cp.kubectl("create", "-o", "json", "-f", "-", input=json.dumps(pod)).stdout
+        )["metadata"]["uid"]
+        pod_token = cp.kubectl(
+            "create", "token", "loxi-cni", "-n", "kube-system", "--bound-object-kind=Pod",
+            f"--bound-object-name={holder}", f"--bound-object-uid={uid}",
+        ).stdout.strip()  # fmt: skip
+        as_pod_on_a = cp.kubeconfig_for_token(pod_token)
+        whoami = cp.kubectl("auth", "whoami", "-o", "json", kubeconfig=as_pod_on_a).stdout
+        extra = json.loads(whoami)["status"]["userInfo"]["extra"]
+        assert extra["authentication.kubernetes.io/node-name"] == [node_a]
+
+        def as_agent(kubeconfig: Path, write: Callable[[Api], object]) -> str:
+            """Make one of the agent's own writes with this token: "" if done, else why not."""
+            try:
+                write(Api(connect(str(kubeconfig)), node_a))
+            except ApiError as exc:
+                return f"{exc.status.code} {exc.status.message}"
+            return ""
+
+        uids = {
+            name: cp.get_json("pod", name, "-n", namespace)["metadata"]["uid"]
+            for name in ("on-a", "on-b")
+        }
+
+        def annotate(pod: str) -> Callable[[Api], object]:
+            return lambda api: api.annotate_network_status(namespace, pod, uids[pod], [])
+
+        def apply(pni: dict[str, Any]) -> Callable[[Api], object]:
+            return lambda api: api.apply_interface(pni)
+
+        def delete(pni: dict[str, Any]) -> Callable[[Api], object]:
+            return lambda api: api.delete_interface(namespace, pni["metadata"]["name"])
+
+        policy = "loxi-cni-agent-own-node"
+        a_not_b = f"the loxi-cni agent of node {node_a} may write only for that node, not {node_b}"
+        for token in (as_pod_on_a, node_agent_kubeconfig(cp, node_a)):
+            assert as_agent(token, annotate("on-a")) == ""
+            why = as_agent(token, annotate("on-b"))
+            assert why.startswith("403 ") and policy in why and a_not_b in why
+            own, other = _pni(namespace, node=node_a), _pni(namespace, node=node_b)
+            assert as_agent(token, apply(own)) == ""
+            assert a_not_b in as_agent(token, apply(other))
+            moved = {**own, "spec": {**own["spec"], "node": node_b}}
+            assert a_not_b in as_agent(token, apply(moved))
+            cp.apply(other)  # B's, written by someone allowed to
+            assert a_not_b in as_agent(token, delete(other))
+            assert as_agent(token, delete(own)) == ""
+            cp.kubectl("delete", "pni", other["metadata"]["name"], "-n", namespace)
+        # The ServiceAccount's token that names no node: RBAC lets it, the policy does not.
+        nameless = "the loxi-cni agent's token names no node, so it may write nothing"
+        assert nameless in as_agent(agent_kubeconfig, annotate("on-a"))
+        assert nameless in as_agent(agent_kubeconfig, apply(_pni(namespace, node=node_a)))
+    finally:
+        cp.kubectl("delete", "pod", holder, "-n", "kube-system", "--wait=false", check=False)
+        for node in (node_a, node_b):
+            cp.kubectl("delete", "node", node, "--wait=false", check=False)
 
 
 def _pni(namespace: str, **spec: Any) -> dict[str, Any]:

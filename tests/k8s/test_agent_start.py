@@ -120,7 +120,7 @@ def test_fifty_agent_starts_survive_their_first_lists(
 
         for first in range(0, STARTS, BATCH):
             agents = [
-                Cluster(control_plane, agent_kubeconfig, namespace, tmp_path / str(n), node, cidrs)
+                Cluster(control_plane, namespace, tmp_path / str(n), node, cidrs)
                 for n in range(first, first + BATCH)
             ]
             try:

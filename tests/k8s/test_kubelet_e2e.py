@@ -32,16 +32,19 @@ from tests.support.plugin import PLUGIN
 from tests.support.waiting import wait_for
 
 from .cluster import (
+    BUSYBOX,
     Cluster,
     Sandbox,
+    busybox_pod,
     check_interface,
     check_network_status,
     free_pod_cidr,
+    node_ready,
     require,
+    wait_pod_ready,
 )
 from .controlplane import ControlPlane, host_ip
 
-BUSYBOX = "loxi.local/busybox:rt"
 PAUSE = "loxi.local/pause:rt"  # containerd's sandbox_image (tests.runtimes.runtimes.Containerd)
 PORT = 8080
 # libcni (in containerd 1.6) caches each ADD's result here, whatever the CRI config says.
@@ -133,7 +136,7 @@ def node(
     v4 = free_pod_cidr()
     v6 = ipaddress.ip_network(f"fd97:{v4.network_address.packed[2]:x}::/64")
     name = f"kubelet-{uuid.uuid4().hex[:6]}"
-    cluster = Cluster(cp, agent_kubeconfig, namespace, tmp_path, name, [str(v4), str(v6)])
+    cluster = Cluster(cp, namespace, tmp_path, name, [str(v4), str(v6)])
     bin_dir, calls_log = tmp_path / "cni-bin", tmp_path / "cni-calls.log"
     bin_dir.mkdir()
     cluster.conf_dir.mkdir()  # containerd watches it from the start
@@ -157,7 +160,7 @@ def node(
         )  # fmt: skip
         cluster.start_agent()
         wait_for("the agent's CNI config", cluster.conf_path.exists)
-        wait_for("the Node to be Ready", lambda: _node_ready(cp, name), timeout=90)
+        wait_for("the Node to be Ready", lambda: node_ready(cp, name), timeout=90)
         yield Node(cluster, containerd, calls_log)
     finally:
         # Shown only when the test failed (pytest's captured teardown output).
@@ -173,52 +176,6 @@ def node(
             )  # fmt: skip
         finally:
             cluster.cleanup()
-
-
-def _node_ready(cp: ControlPlane, node: str) -> bool:
-    conditions = cp.get_json("node", node)["status"].get("conditions", [])
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
-
-
-def _pod(name: str, node: Node, script: str, port: int | None = None) -> dict[str, Any]:
-    """A busybox Pod bound to the node (no scheduler runs). Its shell, PID 1, exits on TERM,
-    so a deletion takes a moment, not the grace period. With `port`, it is Ready once the
-    kubelet connects to it there, from the host through the bridge."""
-    container: dict[str, Any] = {
-        "name": name,
-        "image": BUSYBOX,
-        "imagePullPolicy": "Never",
-        "command": ["sh", "-c", f"trap 'exit 0' TERM; {script} & wait"],
-    }
-    if port is not None:
-        container["readinessProbe"] = {"tcpSocket": {"port": port}, "periodSeconds": 1}
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": node.cluster.namespace},
-        "spec": {
-            "nodeName": node.cluster.node,
-            "restartPolicy": "Never",
-            "terminationGracePeriodSeconds": 10,
-            "automountServiceAccountToken": False,
-            "enableServiceLinks": False,
-            "containers": [container],
-        },
-    }
-
-
-def _wait_ready(cluster: Cluster, name: str) -> dict[str, Any]:
-    """The Pod once Running and Ready, with its IPs; a Pod that failed ends the wait at once."""
-
-    def ready() -> dict[str, Any] | None:
-        pod = cluster.get_pod(name)
-        status: dict[str, Any] = (pod or {}).get("status", {})
-        assert status.get("phase") not in ("Failed", "Succeeded"), f"{name}: {status}"
-        conditions = {c["type"]: c["status"] for c in status.get("conditions", [])}
-        running = status.get("phase") == "Running" and status.get("podIP")
-        return pod if running and conditions.get("Ready") == "True" else None
-
-    return wait_for(f"Pod {name} Running and Ready", ready, timeout=120)
 
 
 def _cached(cluster: Cluster, sandbox: Sandbox) -> dict[str, Any] | None:
@@ -237,11 +194,13 @@ def test_kubelet_runs_pods_on_loxi_cni(node: Node) -> None:
     (kubectl exec, through the kubelet) reach a pod, and deleting the Pods makes the runtime
     DEL everything."""
     cluster, cp = node.cluster, node.cluster.cp
-    client = _pod("client", node, "sleep 3600")
-    server = _pod("server", node, f"nc -ll -p {PORT} -e hostname", port=PORT)
+    client = busybox_pod("client", cluster.namespace, cluster.node, "sleep 3600")
+    server = busybox_pod(
+        "server", cluster.namespace, cluster.node, f"nc -ll -p {PORT} -e hostname", port=PORT
+    )
     for manifest in (client, server):
         cp.kubectl("create", "-f", "-", input=json.dumps(manifest))
-    pods = {n: _wait_ready(cluster, n) for n in ("client", "server")}
+    pods = {n: wait_pod_ready(cp, cluster.namespace, n) for n in ("client", "server")}
     sandboxes = {n: node.sandbox(p) for n, p in pods.items()}
 
     def both_published() -> dict[str, dict[str, Any]] | None:

@@ -58,6 +58,8 @@ class Containerd:
     cni_conf: Path
     cgroup_parent: str  # every container's cgroup goes below it; removed by close()
     pause: str = "loxi.local/pause:rt"
+    # Added to containerd's environment, which libcni passes on to every plugin it execs.
+    env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     netns_seen: set[str] = field(default_factory=set)
 
@@ -84,6 +86,7 @@ class Containerd:
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(
                 ["containerd", "--config", str(config)],
+                env={**os.environ, **self.env},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
