@@ -6,8 +6,10 @@ reboot) the agent reconciles from them: an ADD that never finished, or an attach
 veth is gone, is DELeted with its own config, so its address returns to the pool.
 
 Records outlive the version that wrote them (upgrades, rollbacks), so reading is forgiving and
-honest: keys this version does not know are ignored, missing optional ones take defaults, and a
-file that cannot be read as a record at all is *unreadable*, never taken for absent. Such a
+honest: keys this version does not know are ignored (a newer schema only adds keys), missing
+optional ones take defaults, and a file that cannot be read as a record at all is
+*unreadable*, never taken for absent. So is a record in a state this version does not know:
+what to do with it (keep it? release it?) is the newer version's to say. Such a
 file is left where it is (a newer version may read it again after a roll-forward) and its
 attachment is quarantined: reported, and nothing of it is touched. Whoever would delete
 something on the strength of a missing record must ask ``exists`` (any file under the key).
@@ -28,6 +30,7 @@ from loxicni.plugin.naming import attachment_key
 ADDING = "adding"
 READY = "ready"
 DELETING = "deleting"  # DEL answered; the host veth is retired and being deleted
+STATES = (ADDING, READY, DELETING)
 SCHEMA = 2  # 1: records without "schema"; 2 adds schema, generation, bridge, vlan, result
 
 
@@ -114,6 +117,8 @@ def _from_json(key: str, doc: Any) -> Record:
     for name in _LISTS_OF_STR:
         if not all(isinstance(v, str) for v in values.get(name, ())):
             raise Unreadable(key, f"{name} holds a non-string")
+    if values.get("state", ADDING) not in STATES:
+        raise Unreadable(key, f"state {values['state']!r} is not one this version knows")
     values.setdefault("netns", "")
     values.setdefault("cni_args", "")
     values.setdefault("cni_path", [])

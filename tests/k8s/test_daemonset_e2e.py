@@ -35,9 +35,8 @@ import tarfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -546,41 +545,63 @@ def _live_state(d: Deployment, namespace: str) -> dict[str, Any]:
     }
 
 
+def _replace_agent(
+    d: Deployment, namespace: str, change: Callable[[], object], version: str
+) -> list[str]:
+    """Make `change` (an upgrade, a rollback) with pods being created and deleted meanwhile;
+    return once the agent of `version` serves and the Node is Ready: the pods that ran."""
+    old_agent = d.agent_pod()
+    assert old_agent is not None
+
+    def replaced() -> bool:
+        pod = d.agent_pod()
+        return pod is not None and pod["metadata"]["uid"] != old_agent["metadata"]["uid"]
+
+    with Churn(d, namespace) as churn:
+        change()
+        wait_for("the agent's pod to be replaced", replaced, timeout=120, interval=1)
+        d.rollout()
+        wait_for(f"agent {version}", lambda: d.agent_version() == version, 60, interval=1)
+        time.sleep(3)  # a few more pods against the new agent
+    assert churn.failed == [], churn.failed
+    assert len(churn.ran) >= 2, churn.ran
+    return churn.ran
+
+
+def _as_a_newer_version_wrote_them(d: Deployment) -> None:
+    """Give the live pods' records what a later schema may add: a higher number, new keys."""
+    directory = d.host("/var/lib/loxi-cni") / "attachments"
+    for path in directory.glob("*.json"):
+        doc = json.loads(path.read_text())
+        doc.update(schema=99, fromALaterVersion={"queues": 4})
+        temp = path.with_name(f".{path.name}.new")
+        temp.write_text(json.dumps(doc))
+        temp.rename(path)
+
+
 def test_rolling_upgrade_and_rollback_keep_pods_networked(
     deployment: Deployment, namespace: str, tmp_path: Path
 ) -> None:
-    """v1 -> v2 by `kubectl apply` of the new image, then `kubectl rollout undo`: each time the
-    agent is replaced, two pods keep pinging each other (at most one reply lost), pods created
-    and deleted meanwhile come up, and the new agent takes over the old one's attachments and
-    PodNetworkInterfaces without releasing or rewriting any."""
+    """v1 -> v2 by `kubectl apply` of the new image, then back by `kubectl rollout undo`: each
+    time the agent is replaced, two pods keep pinging each other (at most one reply lost), pods
+    created and deleted meanwhile come up (one that comes while no agent answers is set up
+    in-process, from the tree on the host), and the new agent takes over the old one's attachments and
+    PodNetworkInterfaces without releasing or rewriting any, even records of a later schema."""
     d = deployment
     _installed(d, tmp_path)
     d.cp.apply(busybox_pod("server", namespace, d.node, "sleep 3600"))
     server = wait_pod_ready(d.cp, namespace, "server")
     _pinger(d, namespace, server)
     wait_for("both PNIs", lambda: len(d.interfaces(namespace)) == 2, interval=1)
-    before = _live_state(d, namespace)
     lost = {f: _lost(d, namespace, f"ping{f}")[1] for f in (4, 6)}
 
-    for version, change in (
-        ("0.1.0+e2e2", lambda: d.apply(d.manifests(tmp_path / "deploy-v2", "v2"))),
-        ("0.1.0", lambda: d.kubectl("rollout", "undo", "ds/loxi-cni", "-n", "kube-system")),
-    ):
-        old_agent = d.agent_pod()
-        assert old_agent is not None
-
-        def replaced(old_uid: str = old_agent["metadata"]["uid"]) -> bool:
-            pod = d.agent_pod()
-            return pod is not None and pod["metadata"]["uid"] != old_uid
-
-        with Churn(d, namespace) as churn:
-            change()
-            wait_for("the agent's pod to be replaced", replaced, timeout=120, interval=1)
-            d.rollout()
-            wait_for(f"agent {version}", partial(lambda v: d.agent_version() == v, version), 60, 1)
-            time.sleep(3)  # a few more pods against the new agent
-        assert churn.failed == [], churn.failed
-        assert len(churn.ran) >= 2, churn.ran
+    upgrade = ("0.1.0+e2e2", lambda: d.apply(d.manifests(tmp_path / "deploy-v2", "v2")))
+    rollback = ("0.1.0", lambda: d.kubectl("rollout", "undo", "ds/loxi-cni", "-n", "kube-system"))
+    for version, change in (upgrade, rollback):
+        if version == rollback[0]:
+            _as_a_newer_version_wrote_them(d)
+        before = _live_state(d, namespace)
+        _replace_agent(d, namespace, change, version)
         # Live pods: same records, reservations, veths, and resources not even rewritten
         # (the churn's last pod may take a moment to be gone).
         deadline = time.monotonic() + 30
