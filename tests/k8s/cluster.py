@@ -31,7 +31,6 @@ from .controlplane import ControlPlane
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
-MANIFESTS = ("crd.yaml", "rbac.yaml", "configmap.yaml", "daemonset.yaml")
 NETWORK_STATUS = "k8s.v1.cni.cncf.io/network-status"
 AGENT_SA = ("kube-system", "loxi-cni")
 BUSYBOX = "loxi.local/busybox:rt"  # tests.runtimes.oci.busybox_image, imported where it runs
@@ -49,8 +48,7 @@ def apply_deploy(cp: ControlPlane) -> Path:
     """deploy/ applied as is; a kubeconfig holding a token of the agent's ServiceAccount that
     names no node: RBAC's view of the agent (deploy/rbac.yaml's admission policy lets it write
     nothing; an agent runs on `node_agent_kubeconfig`)."""
-    for name in MANIFESTS:
-        cp.kubectl("apply", "-f", str(DEPLOY / name))
+    cp.kubectl("apply", "-f", str(DEPLOY))  # as users do: the directory
     cp.kubectl(
         "wait", "--for=condition=Established", "--timeout=60s",
         "crd/podnetworkinterfaces.loxicni.io",
