@@ -104,5 +104,5 @@ test-k8s: dev image k8s-deps
 # missing binary or tool fails, never skips.
 .PHONY: e2e
 e2e: install dev image k8s-deps runtimes-deps
-	LOXI_K8S_REQUIRED=1 LOXI_CNI_BIN=$(CNI_BIN_DIR)/loxi-cni LOXI_CNI_IMAGE=$(IMAGE_TAR) \
-		$(DEV_VENV)/bin/pytest -q tests/k8s
+	LOXI_K8S_REQUIRED=1 LOXI_CNI_BIN=$(CNI_BIN_DIR)/loxi-cni LOXI_CNI_VENV=$(VENV) \
+		LOXI_CNI_IMAGE=$(IMAGE_TAR) $(DEV_VENV)/bin/pytest -q tests/k8s
