@@ -1,0 +1,133 @@
+"""A private node agent for a test: its own socket, state dir, log file and metrics port."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.integration.conftest import PLUGIN, Net
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Agent:
+    socket: str
+    state_dir: Path
+    log: Path
+    metrics_port: int
+    log_dir: Path | None = None  # where a network's logFile may go (LOXI_CNI_LOG_DIR)
+    proc: subprocess.Popen[bytes] | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What plugin calls need so the fallback path shares the agent's state."""
+        return {"LOXI_CNI_SOCKET": self.socket, "LOXI_CNI_STATE_DIR": str(self.state_dir)}
+
+    @property
+    def records_dir(self) -> Path:
+        return self.state_dir / "attachments"
+
+    def start(self) -> None:
+        env = {**os.environ, "LOXI_CNI_STATE_DIR": str(self.state_dir), **self.extra_env}
+        if self.log_dir is not None:
+            env["LOXI_CNI_LOG_DIR"] = str(self.log_dir)
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    PLUGIN,
+                    "agent",
+                    "--socket",
+                    self.socket,
+                    "--metrics",
+                    f"127.0.0.1:{self.metrics_port}",
+                ],
+                env=env,
+                stdout=log,
+                stderr=log,
+            )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.status().get("agent") == "up":
+                return
+            assert self.proc.poll() is None, self.log.read_text()
+            time.sleep(0.05)
+        raise AssertionError(f"agent did not come up: {self.log.read_text()}")
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def status(self) -> dict[str, Any]:
+        proc = subprocess.run(
+            [PLUGIN, "status", "--json", "--socket", self.socket],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        try:
+            return dict(json.loads(proc.stdout))
+        except ValueError:
+            return {"agent": "no answer", "stderr": proc.stderr}
+
+    def metrics(self, timeout: float = 10) -> str:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return str(resp.read().decode())
+
+    def threads(self) -> int:
+        """The agent's thread count, as the kernel reports it."""
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+        raise AssertionError("no Threads line")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@contextmanager
+def holding_store_lock(net: Net) -> Iterator[None]:
+    """Hold the network's host-local store lock: an ADD blocks inside its IPAM step."""
+    directory = net.data_dir / net.name
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / "lock", os.O_RDONLY | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def wait_for(what: str, check: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
