@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import signal
@@ -10,13 +9,11 @@ import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.integration.conftest import PLUGIN, Net
+from tests.integration.conftest import PLUGIN
 
 
 def free_port() -> int:
@@ -111,23 +108,3 @@ class Agent:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
-
-
-@contextmanager
-def holding_store_lock(net: Net) -> Iterator[None]:
-    """Hold the network's host-local store lock: an ADD blocks inside its IPAM step."""
-    directory = net.data_dir / net.name
-    directory.mkdir(parents=True, exist_ok=True)
-    fd = os.open(directory / "lock", os.O_RDONLY | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
-def wait_for(what: str, check: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)

@@ -15,8 +15,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from tests.agent.harness import Agent, holding_store_lock
-from tests.integration.conftest import PLUGIN, Call, Net, links_of_bridge, run_plugin
+from tests.agent.harness import Agent
+from tests.integration.conftest import (
+    PLUGIN,
+    Call,
+    Net,
+    holding_store_lock,
+    links_of_bridge,
+    run_plugin,
+)
 
 
 def test_requests_are_served_by_the_agent(agent: Agent, net: Net) -> None:

@@ -6,12 +6,14 @@ removed afterwards, even when the test fails.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import re
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,6 +145,47 @@ class Net:
             for p in directory.iterdir()
             if p.is_file() and p.name != "lock" and not p.name.startswith("last_reserved_ip")
         }
+
+
+@contextmanager
+def holding_store_lock(net: Net) -> Iterator[None]:
+    """Hold the network's host-local store lock: an ADD blocks inside its IPAM step."""
+    directory = net.data_dir / net.name
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / "lock", os.O_RDONLY | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def store_lock(net: Net) -> Path:
+    return net.data_dir / net.name / "lock"
+
+
+def flock_waited_on(path: Path) -> bool:
+    """Does some process wait for the flock of ``path`` (a "->" line of /proc/locks)?"""
+    try:
+        inode = os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
+    waiting = re.compile(rf"^\d+: -> FLOCK\s+\S+\s+\S+\s+\d+\s+[0-9a-f]+:[0-9a-f]+:{inode} ", re.M)
+    return bool(waiting.search(Path("/proc/locks").read_text()))
+
+
+def wait_for(what: str, check: Callable[[], object], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def pod_addresses(pod: Pod, ifname: str = "eth0") -> list[str]:
+    """The addresses (with prefix length) on the pod's interface, read back from its netns."""
+    with pod.ipr() as ns:
+        (index,) = ns.link_lookup(ifname=ifname)
+        return sorted(f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}" for a in ns.get_addr(index=index))
 
 
 def host_links() -> dict[str, Any]:
