@@ -17,6 +17,16 @@ TEMP_SUFFIX = ".tmp"
 TEMP_PREFIX = "."
 # A write takes milliseconds; a temp file this old belongs to a writer that died.
 STALE_AFTER = 600.0
+# Linux's CLOCK_REALTIME_COARSE, the clock the kernel stamps file times from. time.time() runs
+# up to a tick (~4 ms) ahead of it: a file written just after a time.time() reading can carry
+# an earlier mtime.
+_FILE_CLOCK = 5
+
+
+def file_clock_ns() -> int:
+    """Now, on the clock of file times: a file written after this reading has an mtime at or
+    after it (to the nanosecond; compare with ``st_mtime_ns``)."""
+    return time.clock_gettime_ns(_FILE_CLOCK)
 
 
 def temp_name(name: str) -> str:

@@ -200,12 +200,13 @@ def check(cfg: HostLocalConfig, container_id: str, ifname: str) -> list[IPAddres
 
 
 def gc(
-    cfg: HostLocalConfig, valid: Collection[tuple[str, str]], started: float | None = None
+    cfg: HostLocalConfig, valid: Collection[tuple[str, str]], started_ns: int | None = None
 ) -> list[IPAddress]:
     """GC: free every reservation not held by a valid attachment; returns what was freed.
 
     Old-format files (container ID only) stay while any attachment of that container is valid.
-    A reservation made at or after ``started`` stays too: the valid list is older than it.
+    A reservation made at or after ``started_ns`` (``files.file_clock_ns``) stays too: the
+    valid list is older than it.
     """
     store = Store(cfg.data_dir, cfg.network)
     if not store.exists():
@@ -217,7 +218,7 @@ def gc(
     with store.locked():
         for ip, (cid, ifname) in store.reservations().items():
             alive = (cid, ifname) in keep if ifname else cid in keep_containers
-            if alive or (started is not None and store.reserved_at(ip) >= started):
+            if alive or (started_ns is not None and store.reserved_at_ns(ip) >= started_ns):
                 holders.add((cid, ifname))
                 continue
             if store.release(ip):

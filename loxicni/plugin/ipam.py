@@ -80,10 +80,10 @@ class Ipam:
         self._run("CHECK")
         return None
 
-    def gc(self, valid: Collection[tuple[str, str]], started: float) -> None:
-        """Release what no valid attachment holds; keep what appeared after ``started``."""
+    def gc(self, valid: Collection[tuple[str, str]], started_ns: int) -> None:
+        """Release what no valid attachment holds; keep what appeared after ``started_ns``."""
         if self._host_local is not None:
-            hostlocal.gc(self._host_local, valid, started)
+            hostlocal.gc(self._host_local, valid, started_ns)
         else:
             self._run("GC")
 

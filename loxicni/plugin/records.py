@@ -143,9 +143,9 @@ def remove(network: str, container_id: str, ifname: str) -> None:
     _path(attachment_key(network, container_id, ifname)).unlink(missing_ok=True)
 
 
-def mtime(key: str) -> float:
-    """When the record was last saved (FileNotFoundError if there is none)."""
-    return os.stat(_path(key)).st_mtime
+def mtime_ns(key: str) -> int:
+    """When the record was last saved, in ns (FileNotFoundError if there is none)."""
+    return os.stat(_path(key)).st_mtime_ns
 
 
 def exists(key: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from loxicni.base import files
 from loxicni.cni.errors import CniError, Code
 from loxicni.ipam import hostlocal
 from loxicni.ipam.config import Range, RangeSet
@@ -169,6 +171,23 @@ def test_gc(tmp_path: Path) -> None:
     assert sorted(map(str, hostlocal.gc(cfg, []))) == ["10.1.0.2", "10.1.0.6", "fd00::2"]
     assert leftovers(net) == set()
     assert list((tmp_path / ".loxi-cni" / "net").iterdir()) == []
+
+
+def test_gc_keeps_what_was_reserved_after_it_started(tmp_path: Path) -> None:
+    """The runtime's valid list is older than the GC call: a reservation made since GC
+    started belongs to an ADD the list could not know of. Made within a clock tick of the
+    start, as an ADD racing GC would."""
+    conf = small(tmp_path)
+    cfg = parse(conf)
+    ours_add(conf, "old")
+    time.sleep(0.05)  # some ticks of the file clock: "old" is older than GC
+    for attempt in range(200):
+        started = files.file_clock_ns()
+        ours_add(conf, "new")
+        released = sorted(map(str, hostlocal.gc(cfg, [], started)))
+        assert released == (["10.1.0.2", "fd00::2"] if attempt == 0 else []), attempt
+        hostlocal.release(cfg, "new", "eth0")
+    assert leftovers(tmp_path / "net") == set()
 
 
 def test_status(tmp_path: Path) -> None:
