@@ -56,11 +56,14 @@ def _written_since(key: str, started_ns: int) -> bool:
 
 def collect(req: Request, cfg: BridgeConfig) -> None:
     """Tear down each stale attachment under its own lock (masquerade, host veths, record,
-    lock file); then the store releases every reservation not valid, including ones the
-    reference plugin made."""
+    lock file); then the IPAM releases every reservation that no valid attachment holds,
+    including ones the reference plugin made, except those GC keeps: added while it ran, or
+    of an attachment whose record cannot be read (quarantined: nothing of it is touched)."""
     started_ns = files.file_clock_ns()  # on the clock the kernel stamps files with
     valid = valid_attachments(req.config)
     scan = records.scan()
+    quarantined = {bad.key for bad in scan.unreadable}
+    kept: set[tuple[str, str]] = set()
     stale = masq.masqueraded_attachments(cfg.network)
     stale |= {(r.container_id, r.ifname) for r in scan.records if r.network == cfg.network}
     with Rtnl() as host:
@@ -74,15 +77,22 @@ def collect(req: Request, cfg: BridgeConfig) -> None:
             with attachment_lock(cfg.network, container_id, ifname) as lock:
                 if _written_since(key, started_ns):
                     log.info("GC: keeping %s/%s, added while GC ran", container_id, ifname)
+                    kept.add((container_id, ifname))
                     continue
                 try:
                     records.load(key)
                 except records.Unreadable as exc:
                     log.warning("GC: leaving %s/%s alone: %s", container_id, ifname, exc)
+                    kept.add((container_id, ifname))
                     continue
                 masq.remove_masquerade(cfg.network, container_id, ifname)
                 for link in veths.get((container_id, ifname), []):
                     links.delete(host, link.index)
                 records.remove(cfg.network, container_id, ifname)
                 lock.remove_on_release = True
-    Ipam(req, cfg.ipam_type).gc(valid, started_ns)
+
+    def held(container_id: str, ifname: str) -> bool:
+        key = naming.attachment_key(cfg.network, container_id, ifname)
+        return (container_id, ifname) in kept or key in quarantined
+
+    Ipam(req, cfg.ipam_type).gc(valid, started_ns, held)

@@ -14,7 +14,7 @@ from typing import Any
 from loxicni.base.files import STALE_AFTER
 from loxicni.plugin.naming import attachment_key
 from tests.agent.harness import Agent
-from tests.integration.conftest import Net, Pod, links_of_bridge, pod_addresses
+from tests.integration.conftest import Net, Pod, links_of_bridge, pod_addresses, run_plugin
 
 
 def record_path(agent: Agent, net: Net, pod: Pod, ifname: str = "eth0") -> Path:
@@ -107,6 +107,36 @@ def test_entries_that_are_no_record_are_reported_and_skipped(agent: Agent, net: 
     assert net.reservations() == {} and links_of_bridge(net.bridge) == []
     left = sorted(p.name for p in agent.records_dir.iterdir())
     assert left == ["README", "garbage.json", "list.json", "x.json"]  # for an administrator
+
+
+def test_gc_leaves_what_it_cannot_read_alone(agent: Agent, net: Net) -> None:
+    conf = net.conf()
+    listed, damaged, stale = net.pod(), net.pod(), net.pod()
+    added = {p.name: net.call("ADD", p, conf, env=agent.env) for p in (listed, damaged, stale)}
+    assert all(r.rc == 0 for r in added.values()), added
+    kept = rewrite(record_path(agent, net, damaged), mtu="1500")
+    (agent.records_dir / "x.json").mkdir()
+    valid = [{"containerID": listed.container_id, "ifname": "eth0"}]
+    gc_conf = {**conf, "cni.dev/valid-attachments": valid}
+    # GC through the agent, then in-process: both skip what they cannot read.
+    for env in (agent.env, {**agent.env, "LOXI_CNI_NO_AGENT": "1"}):
+        collected = run_plugin("GC", gc_conf, env=env)
+        assert collected.rc == 0, collected.stdout
+
+    # The stale attachment is gone; the damaged one is left whole, reservation included.
+    survivors = (listed, damaged)
+    veths = {added[p.name].json["interfaces"][1]["name"] for p in survivors}
+    assert set(links_of_bridge(net.bridge)) == veths
+    assert sorted(net.reservations().values()) == sorted(
+        f"{p.container_id}\r\neth0" for p in survivors
+    )
+    assert record_path(agent, net, damaged).read_bytes() == kept
+    assert not record_path(agent, net, stale).exists()
+    ping = listed.sh("ping", "-c", "1", "-W", "2", ip_of(added[damaged.name].json), check=False)
+    assert ping.returncode == 0, ping.stdout
+    for pod in survivors:
+        assert net.call("DEL", pod, conf, env=agent.env).rc == 0
+    assert net.reservations() == {} and links_of_bridge(net.bridge) == []
 
 
 def test_null_fields_in_a_live_record_do_not_take_status_down(agent: Agent, net: Net) -> None:
