@@ -15,6 +15,7 @@ something on the strength of a missing record must ask ``exists`` (any file unde
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from collections.abc import Iterator
@@ -113,6 +114,12 @@ def _from_json(key: str, doc: Any) -> Record:
     for name in _LISTS_OF_STR:
         if not all(isinstance(v, str) for v in values.get(name, ())):
             raise Unreadable(key, f"{name} holds a non-string")
+    for name, parse in (("ips", ipaddress.ip_interface), ("gateways", ipaddress.ip_address)):
+        for text in values.get(name, ()):
+            try:
+                parse(text)
+            except ValueError:
+                raise Unreadable(key, f"{name} holds {text[:64]!r}, not an address") from None
     values.setdefault("netns", "")
     values.setdefault("cni_args", "")
     values.setdefault("cni_path", [])

@@ -366,3 +366,53 @@ def test_the_agent_without_kubernetes_mode_never_loads_the_client() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == "[]"
+
+
+class SchemaApi(FakeApi):
+    """Refuses what the CRD's schema refuses (an interface without addresses), as the API
+    server does: 422 Invalid."""
+
+    def apply_interface(self, body: dict[str, Any]) -> None:
+        if not body["spec"]["ips"]:
+            raise ApiError(status=Status(code=422, message="spec.ips: should have at least 1"))
+        super().apply_interface(body)
+
+
+def test_sync_skips_what_it_cannot_read_or_the_api_refuses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LOXI_CNI_STATE_DIR", str(tmp_path))
+    uids = {name: str(uuid.uuid4()) for name in ("fine", "damaged", "emptied")}
+    saved = {}
+    for i, (name, uid) in enumerate(uids.items()):
+        args = K8S_ARGS.replace("web-0", name).replace("u-1", uid)
+        saved[name] = _record(args, container_id=str(i) * 64)
+        records.save(saved[name])
+    api = SchemaApi()
+    options = KubeOptions(node_name="n1", conf_dir=None, grace_period=60.0, resync=1000.0)
+    ctl = Controller(options, api)  # type: ignore[arg-type]
+    ctl.pods.replace([PodInfo("ns1", name, uid, None, False) for name, uid in uids.items()])
+    assert ctl.sync().applied == 3
+    published = dict(api.applied)
+
+    # One record is damaged, one lost its addresses, odd entries appear beside them.
+    directory = tmp_path / "attachments"
+    for name, change in (("damaged", {"mtu": "1500"}), ("emptied", {"ips": None})):
+        path = directory / f"{saved[name].key}.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+    (directory / "x.json").mkdir()
+    (directory / "garbage.json").write_bytes(b"\xff")
+    fine = saved["fine"]
+    fine.ips = ["10.244.3.9/24"]  # and the fine one changes: it must still get through
+    records.save(fine)
+
+    report = ctl.sync()
+    assert report.applied == 1 and report.deleted == 0
+    # The damaged record's resource stays as it was; the refused one keeps its last version.
+    assert api.applied.keys() == published.keys()
+    fine_name = next(w for w in published if w[1].startswith("fine-"))
+    assert api.applied[fine_name]["spec"]["ips"] == ["10.244.3.9/24"]
+    damaged = next(w for w in published if w[1].startswith("damaged-"))
+    assert api.applied[damaged] == published[damaged]
+    assert api.annotations[uids["fine"]][0]["ips"] == ["10.244.3.9"]
+    assert ctl.sync().applied == 0  # a refused resource is not sent again until it changes
