@@ -5,18 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.agent.harness import Agent, free_port
+from tests.agent.harness import Agent, new_agent
 from tests.integration.conftest import Net, make_net
-
-
-def new_agent(tmp_path: Path, name: str = "agent") -> Agent:
-    return Agent(
-        str(tmp_path / name / "agent.sock"),
-        tmp_path / name / "state",
-        tmp_path / f"{name}.log",
-        free_port(),
-        log_dir=tmp_path / name / "log",
-    )
 
 
 @pytest.fixture

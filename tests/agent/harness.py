@@ -108,3 +108,13 @@ class Agent:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+
+def new_agent(tmp_path: Path, name: str = "agent") -> Agent:
+    return Agent(
+        str(tmp_path / name / "agent.sock"),
+        tmp_path / name / "state",
+        tmp_path / f"{name}.log",
+        free_port(),
+        log_dir=tmp_path / name / "log",
+    )
