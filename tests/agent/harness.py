@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -13,13 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.integration.conftest import PLUGIN
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.support.host import free_port
+from tests.support.plugin import PLUGIN, agent_status
+from tests.support.processes import kill9
 
 
 @dataclass
@@ -69,8 +62,7 @@ class Agent:
 
     def kill9(self) -> None:
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
+        kill9(self.proc)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -82,16 +74,10 @@ class Agent:
         self.start()
 
     def status(self) -> dict[str, Any]:
-        proc = subprocess.run(
-            [PLUGIN, "status", "--json", "--socket", self.socket],
-            capture_output=True,
-            text=True,
-            timeout=20,
-        )
         try:
-            return dict(json.loads(proc.stdout))
-        except ValueError:
-            return {"agent": "no answer", "stderr": proc.stderr}
+            return agent_status(self.socket)
+        except ValueError:  # nothing printed: an agent that crashed answering
+            return {"agent": "no answer"}
 
     def metrics(self, timeout: float = 10) -> str:
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"

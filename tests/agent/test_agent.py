@@ -9,6 +9,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,14 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from tests.agent.harness import Agent
-from tests.integration.conftest import (
-    PLUGIN,
-    Call,
-    Net,
-    holding_store_lock,
-    links_of_bridge,
-    run_plugin,
-)
+from tests.integration.conftest import Call, Net, holding_store_lock, links_of_bridge, run_plugin
+from tests.support.plugin import PLUGIN, agent_status
 
 
 def test_requests_are_served_by_the_agent(agent: Agent, net: Net) -> None:
@@ -129,18 +124,17 @@ def test_non_root_peers_are_refused(agent: Agent) -> None:
 
 
 def test_thin_client_imports_only_the_standard_library() -> None:
-    launcher = Path(PLUGIN).read_text().splitlines()
-    site = next(line for line in launcher if "sys.path.insert" in line).split('"')[1]
+    """Python's plugin mode (run directly, without the compiled shim) and `loxi-cni status`."""
+    repo = Path(__file__).resolve().parents[2]
     code = (
-        f"import sys; sys.path.insert(0, {site!r})\n"
+        f"import sys; sys.path.insert(0, {str(repo)!r})\n"
         "import loxicni.main, loxicni.client\n"
         "heavy = [m for m in ('pyroute2', 'json', 'socket', 'asyncio', 'loxicni.plugin')"
         " if m in sys.modules]\n"
         "print(heavy)\n"
     )
-    python = launcher[0][2:].split()[0]
     out = subprocess.run(
-        [python, "-I", "-S", "-c", code], capture_output=True, text=True, check=True
+        [sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]"
 
@@ -250,13 +244,7 @@ def test_systemd_socket_activation(tmp_path: Path, net: Net) -> None:
         pod = net.pod()
         call_env = {"LOXI_CNI_SOCKET": path, "LOXI_CNI_STATE_DIR": str(tmp_path / "state")}
         assert net.call("ADD", pod, net.conf(), env=call_env).rc == 0
-        out = subprocess.run(
-            [PLUGIN, "status", "--json", "--socket", path],
-            capture_output=True,
-            text=True,
-            timeout=20,
-        ).stdout
-        assert json.loads(out)["requestsServed"] == 1
+        assert agent_status(path)["requestsServed"] == 1
         assert net.call("DEL", pod, net.conf(), env=call_env).rc == 0
     finally:
         proc.terminate()

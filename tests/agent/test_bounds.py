@@ -12,7 +12,8 @@ from pathlib import Path
 from loxicni.agent.metrics_http import CLIENT_TIMEOUT, MAX_CLIENTS
 from loxicni.agent.server import MAX_CONNECTIONS, READ_TIMEOUT, WORKERS
 from tests.agent.harness import Agent, new_agent
-from tests.integration.conftest import Net, holding_store_lock, links_of_bridge, wait_for
+from tests.integration.conftest import Net, holding_store_lock, links_of_bridge
+from tests.support.waiting import wait_for
 
 
 def closed_by_peer(conn: socket.socket) -> bool:

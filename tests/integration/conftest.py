@@ -9,11 +9,10 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import re
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,10 @@ from typing import Any
 import pytest
 from pyroute2 import IPRoute, NetNS
 
-PLUGIN = os.environ.get("LOXI_CNI_BIN", "/opt/cni/bin/loxi-cni")
+from tests.support.host import delete_links
+from tests.support.ipam import reservation_files
+from tests.support.plugin import PLUGIN
+
 # The reference plugins, a CNI 1.1 release built by scripts/reference-plugins.sh (make test).
 REFERENCE_DIR = os.environ.get("LOXI_REFERENCE_CNI_DIR", "/var/cache/loxi-cni/cni-plugins-v1.10.0")
 
@@ -137,14 +139,7 @@ class Net:
 
     def reservations(self) -> dict[str, str]:
         """IP file name -> content, of this network's host-local store."""
-        directory = self.data_dir / self.name
-        if not directory.is_dir():
-            return {}
-        return {
-            p.name: p.read_bytes().decode()
-            for p in directory.iterdir()
-            if p.is_file() and p.name != "lock" and not p.name.startswith("last_reserved_ip")
-        }
+        return reservation_files(self.data_dir, self.name)
 
 
 @contextmanager
@@ -162,23 +157,6 @@ def holding_store_lock(net: Net) -> Iterator[None]:
 
 def store_lock(net: Net) -> Path:
     return net.data_dir / net.name / "lock"
-
-
-def flock_waited_on(path: Path) -> bool:
-    """Does some process wait for the flock of ``path`` (a "->" line of /proc/locks)?"""
-    try:
-        inode = os.stat(path).st_ino
-    except FileNotFoundError:
-        return False
-    waiting = re.compile(rf"^\d+: -> FLOCK\s+\S+\s+\S+\s+\d+\s+[0-9a-f]+:[0-9a-f]+:{inode} ", re.M)
-    return bool(waiting.search(Path("/proc/locks").read_text()))
-
-
-def wait_for(what: str, check: Callable[[], object], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def pod_addresses(pod: Pod, ifname: str = "eth0") -> list[str]:
@@ -243,7 +221,7 @@ def make_net(tmp_path: Path) -> Iterator[Net]:
     finally:
         for pod in network.pods:
             subprocess.run(["ip", "netns", "del", pod.name], capture_output=True)
-        subprocess.run(["ip", "link", "del", network.bridge], capture_output=True)
+        delete_links(network.bridge)
 
 
 @pytest.fixture

@@ -10,13 +10,13 @@ from loxicni.plugin.locks import attachment_lock, lock_path
 from tests.integration.conftest import (
     Net,
     Pod,
-    flock_waited_on,
     holding_store_lock,
     links_of_bridge,
     run_plugin,
     store_lock,
-    wait_for,
 )
+from tests.support.host import flock_waited_on
+from tests.support.waiting import wait_for
 
 
 def gc_conf(conf: dict[str, Any], *valid: Pod) -> dict[str, Any]:
