@@ -12,6 +12,7 @@ from loxicni.cni.version import SUPPORTED_VERSIONS
 from loxicni.k8s.options import (
     DEFAULT_CONF_DIR,
     DEFAULT_CONF_NAME,
+    DEFAULT_DATA_ROOT,
     DEFAULT_GRACE_PERIOD,
     DEFAULT_RESYNC,
     KubeOptions,
@@ -42,6 +43,7 @@ def _kube_options(args: argparse.Namespace) -> KubeOptions | None:
         conf_dir=Path(args.cni_conf_dir) if args.cni_conf_dir else None,
         conf_name=args.cni_conf_name,
         conf_template=Path(args.cni_conf_template) if args.cni_conf_template else None,
+        data_root=Path(args.cni_data_root),
         grace_period=args.grace_period,
         resync=args.resync,
     )
@@ -126,6 +128,12 @@ def _add_kube_options(p: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="the operator's config (a .conf or .conflist, e.g. from a ConfigMap); the Node's "
         "pod CIDRs become its host-local ranges (default: a built-in bridge config)",
+    )
+    kube.add_argument(
+        "--cni-data-root",
+        default=DEFAULT_DATA_ROOT,
+        metavar="DIR",
+        help="the template's ipam.dataDir must be in this directory (default %(default)s)",
     )
     kube.add_argument(
         "--grace-period",

@@ -34,3 +34,40 @@ def test_temp_files_are_removed_by_age_whatever_their_name_says(tmp_path: Path) 
         p.name for p in (fresh_new_style, fresh_pid_style, keep)
     )
     assert files.remove_stale_temps(tmp_path / "missing") == []
+
+
+def test_append_in_a_directory_goes_nowhere_else(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    fd = files.open_append_in(str(logs), str(logs / "a.log"))  # the directory is made
+    os.write(fd, b"one\n")
+    os.close(fd)
+    fd = files.open_append_in(str(logs), str(logs / "a.log"))
+    os.write(fd, b"two\n")
+    os.close(fd)
+    assert (logs / "a.log").read_text() == "one\ntwo\n"
+    assert (logs / "a.log").stat().st_mode & 0o777 == 0o640
+
+    outside = tmp_path / "outside"
+    outside.write_text("kept\n")
+    (logs / "link.log").symlink_to(outside)
+    os.link(outside, logs / "hard.log")
+    os.mkfifo(logs / "fifo.log")
+    (tmp_path / "linked-dir").symlink_to(logs)
+    refused = [
+        (logs, logs / "link.log"),  # a symlink to a file elsewhere
+        (logs, logs / "hard.log"),  # another name of a file elsewhere
+        (logs, logs / "fifo.log"),  # would block a writer without a reader
+        (tmp_path / "linked-dir", tmp_path / "linked-dir" / "a.log"),  # the directory a link
+        (logs, logs / "sub" / "a.log"),
+        (logs, Path(f"{logs}/../outside")),
+        (logs, Path("a.log")),
+        (logs, logs),
+    ]
+    for directory, path in refused:
+        try:
+            fd = files.open_append_in(str(directory), str(path))
+        except (OSError, ValueError):
+            continue
+        os.close(fd)
+        raise AssertionError(f"{path} was opened")
+    assert outside.read_text() == "kept\n"

@@ -33,7 +33,7 @@ from typing import Any
 from loxicni.agent import state
 from loxicni.agent.metrics import Metrics
 from loxicni.base import wire
-from loxicni.base.logs import get_logger
+from loxicni.base.logs import get_logger, request_log
 from loxicni.cni import skel
 from loxicni.cni.errors import CniError, Code
 from loxicni.net.reaper import LinkReaper
@@ -378,7 +378,8 @@ class AgentServer:
         start = time.perf_counter()
         try:
             plugin = BridgePlugin(netns_fd=netns_fd, reaper=self.reaper, require_fd=True)
-            code, out = skel.run(plugin, env, stdin, KNOWN_ARGS)
+            with request_log():
+                code, out = skel.run(plugin, env, stdin, KNOWN_ARGS)
         finally:
             container_id.reset(token)
         error_code = 0

@@ -49,7 +49,7 @@ class NodeConfWriter:
             path = self.options.conf_dir / self.options.conf_name
             try:
                 template = cniconf.load_template(self.options.conf_template)
-                conf = cniconf.render(template, self.pod_cidrs)
+                conf = cniconf.render(template, self.pod_cidrs, str(self.options.data_root))
                 if cniconf.write_atomically(path, conf):
                     self.written += 1
                     log.info("wrote %s for pod CIDRs %s", path, ", ".join(self.pod_cidrs))

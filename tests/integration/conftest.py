@@ -180,17 +180,27 @@ def links_of_bridge(bridge: str) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def agent_socket(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def agent_log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the session's agent writes a network config's logFile (LOXI_CNI_LOG_DIR)."""
+    return tmp_path_factory.mktemp("agent-logs")
+
+
+@pytest.fixture(scope="session")
+def agent_socket(tmp_path_factory: pytest.TempPathFactory, agent_log_dir: Path) -> Iterator[str]:
     """A node agent for the whole session, on a private socket."""
-    sock = str(tmp_path_factory.mktemp("agent") / "agent.sock")
-    proc = subprocess.Popen(
-        [PLUGIN, "agent", "--socket", sock, "--metrics", "off"], stderr=subprocess.PIPE, text=True
-    )
+    directory = tmp_path_factory.mktemp("agent")
+    sock = str(directory / "agent.sock")
+    log = directory / "agent.log"  # a file, not a pipe nobody reads: that would fill and block
+    env = {**os.environ, "LOXI_CNI_LOG_DIR": str(agent_log_dir)}
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [PLUGIN, "agent", "--socket", sock, "--metrics", "off"], stderr=out, env=env
+        )
     for _ in range(100):
         if os.path.exists(sock):
             break
         if proc.poll() is not None:
-            pytest.fail(f"the agent exited: {proc.stderr.read() if proc.stderr else ''}")
+            pytest.fail(f"the agent exited: {log.read_text()}")
         time.sleep(0.05)
     else:
         proc.kill()

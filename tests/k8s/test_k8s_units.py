@@ -4,6 +4,7 @@ shapes, the watch loop's resume / relist / backoff, and the orphan release timin
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -35,7 +36,7 @@ TEMPLATE = {
             "type": "loxi-cni",
             "bridge": "br-k",
             "mtu": 1450,
-            "ipam": {"type": "host-local", "subnet": "192.0.2.0/24", "dataDir": "/x"},
+            "ipam": {"type": "host-local", "subnet": "192.0.2.0/24", "dataDir": "/var/lib/cni/p"},
         },
         {"type": "portmap", "capabilities": {"portMappings": True}},
     ],
@@ -48,7 +49,7 @@ def test_render_puts_the_pod_cidrs_in_the_ipam_and_keeps_the_rest() -> None:
     plugin = out["plugins"][0]
     assert plugin["ipam"] == {
         "type": "host-local",
-        "dataDir": "/x",
+        "dataDir": "/var/lib/cni/p",
         "ranges": [[{"subnet": "10.244.3.0/24"}], [{"subnet": "fd00:244:3::/64"}]],
         "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}],
     }
@@ -84,6 +85,87 @@ def test_render_refuses_what_cannot_carry_the_cidr(
 ) -> None:
     with pytest.raises(cniconf.TemplateError, match=why):
         cniconf.render(template, cidrs)
+
+
+def _with(**fields: Any) -> dict[str, Any]:
+    """TEMPLATE with its loxi-cni entry changed; ``ipam`` fields are merged into its ipam."""
+    template = json.loads(json.dumps(TEMPLATE))
+    plugin = template["plugins"][0]
+    plugin["ipam"].update(fields.pop("ipam", {}))
+    plugin.update(fields)
+    return dict(template)
+
+
+@pytest.mark.parametrize(
+    ("fields", "why"),
+    [
+        ({"mtu": 1400, "dnsServer": "x"}, "keys loxi-cni does not take: dnsServer"),
+        ({"runtimeConfig": {"mac": "02:00:00:00:00:01"}}, "does not take: runtimeConfig"),
+        ({"ipam": {"exec": "/bin/sh"}}, "does not take: ipam.exec"),
+        ({"logFile": "/etc/cron.d/loxi"}, "logFile '/etc/cron.d/loxi' must be a path directly"),
+        ({"logFile": "/var/log/loxi-cni/../../../etc/x"}, "logFile"),
+        ({"logFile": "/var/log/loxi-cni/sub/x.log"}, "directly in /var/log/loxi-cni"),
+        ({"logFile": "/var/log/loxi-cni"}, "logFile"),
+        ({"logFile": 7}, "logFile 7"),
+        ({"ipam": {"dataDir": "/etc"}}, "ipam.dataDir '/etc' must be a path in /var/lib/cni"),
+        ({"ipam": {"dataDir": "/var/lib/cni/../../../etc"}}, "ipam.dataDir"),
+        ({"ipam": {"dataDir": "/var/lib/cni//x"}}, "ipam.dataDir"),
+        ({"ipam": {"dataDir": "var/lib/cni/x"}}, "ipam.dataDir"),
+        ({"ipam": {"resolvConf": "/etc/shadow"}}, "ipam.resolvConf '/etc/shadow'"),
+    ],
+)
+def test_render_refuses_what_loxi_cni_does_not_take(fields: dict[str, Any], why: str) -> None:
+    """The root agent writes or reads these paths on the template's say."""
+    with pytest.raises(cniconf.TemplateError, match=re.escape(why)):
+        cniconf.render(_with(**fields), ["10.244.3.0/24"])
+
+
+def test_render_keeps_paths_in_their_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOXI_CNI_LOG_DIR", str(tmp_path / "log"))
+    fields = {
+        "logFile": str(tmp_path / "log" / "pods.log"),
+        "ipam": {"dataDir": "/var/lib/cni/networks", "resolvConf": "/etc/resolv.conf"},
+    }
+    plugin = cniconf.render(_with(**fields), ["10.244.3.0/24"])["plugins"][0]
+    assert plugin["logFile"] == fields["logFile"]
+    assert (plugin["ipam"]["dataDir"], plugin["ipam"]["resolvConf"]) == (
+        "/var/lib/cni/networks",
+        "/etc/resolv.conf",
+    )
+
+
+def test_render_refuses_paths_through_symlinks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    root = tmp_path / "cni"
+    root.mkdir()
+    (root / "store").symlink_to(elsewhere)
+    template = _with(ipam={"dataDir": str(root / "store" / "pods")})
+    with pytest.raises(cniconf.TemplateError, match="passes a symlink"):
+        cniconf.render(template, ["10.244.3.0/24"], data_root=str(root))
+    assert cniconf.render(_with(ipam={"dataDir": str(root / "pods")}), ["10.0.0.0/24"], str(root))
+
+    log_dir = tmp_path / "log"
+    log_dir.mkdir()
+    monkeypatch.setenv("LOXI_CNI_LOG_DIR", str(log_dir))
+    (log_dir / "pods.log").symlink_to("/etc/passwd")
+    with pytest.raises(cniconf.TemplateError, match="passes a symlink"):
+        cniconf.render(_with(logFile=str(log_dir / "pods.log")), ["10.244.3.0/24"])
+
+    # The ConfigMap's own volume: its files are symlinks into its ..data directory.
+    volume = tmp_path / "configmap"
+    (volume / "..2026_12_01").mkdir(parents=True)
+    (volume / "..2026_12_01" / "resolv.conf").write_text("nameserver 10.96.0.10\n")
+    (volume / "..data").symlink_to("..2026_12_01")
+    (volume / "resolv.conf").symlink_to("..data/resolv.conf")
+    (volume / "passwd").symlink_to("/etc/passwd")
+    monkeypatch.setattr(cniconf, "TEMPLATE_DIR", str(volume))
+    inside = _with(ipam={"resolvConf": str(volume / "resolv.conf")})
+    assert cniconf.render(inside, ["10.244.3.0/24"])["plugins"][0]["ipam"]["resolvConf"]
+    with pytest.raises(cniconf.TemplateError, match="passes a symlink"):
+        cniconf.render(_with(ipam={"resolvConf": str(volume / "passwd")}), ["10.244.3.0/24"])
 
 
 def test_write_atomically_writes_only_changes(tmp_path: Path) -> None:
