@@ -19,16 +19,22 @@ TEMP_SUFFIX = ".tmp"
 TEMP_PREFIX = "."
 # A write takes milliseconds; a temp file this old belongs to a writer that died.
 STALE_AFTER = 600.0
-# Linux's CLOCK_REALTIME_COARSE, the clock the kernel stamps file times from. time.time() runs
-# up to a tick (~4 ms) ahead of it: a file written just after a time.time() reading can carry
-# an earlier mtime.
+# Linux's CLOCK_REALTIME_COARSE, the clock the kernel stamps most file times from. It moves in
+# ticks (~4 ms) and lags the real time by up to about a tick: a file written just after a
+# time.time() reading can carry an earlier mtime. Some writes get a fine-grained stamp (the
+# real time; multigrain timestamps) instead, later than the coarse clock of the moment.
 _FILE_CLOCK = 5
 
 
-def file_clock_ns() -> int:
-    """Now, on the clock of file times: a file written after this reading has an mtime at or
-    after it (to the nanosecond; compare with ``st_mtime_ns``)."""
-    return time.clock_gettime_ns(_FILE_CLOCK)
+def file_time_mark_ns() -> int:
+    """A time that splits file writes: a file written before this call has an earlier mtime,
+    one written after it returns this one or later (to the ns; compare ``st_mtime_ns``). The
+    first reading of the file clock past the real time of the call: waits a tick or two."""
+    entry = time.time_ns()  # after every write before the call, fine-grained stamps included
+    give_up = time.monotonic() + 1.0  # a clock that stands still must not hang the caller
+    while (mark := time.clock_gettime_ns(_FILE_CLOCK)) <= entry and time.monotonic() < give_up:
+        time.sleep(0.0005)
+    return mark
 
 
 def temp_name(name: str) -> str:

@@ -208,7 +208,7 @@ def gc(
     """GC: free every reservation not held by a valid attachment; returns what was freed.
 
     Old-format files (container ID only) stay while any attachment of that container is valid.
-    A reservation made at or after ``started_ns`` (``files.file_clock_ns``) stays too: the
+    A reservation made at or after ``started_ns`` (``files.file_time_mark_ns``) stays too: the
     valid list is older than it. So does one whose holder ``keep(container_id, ifname)``.
     """
     store = Store(cfg.data_dir, cfg.network)

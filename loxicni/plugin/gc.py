@@ -59,7 +59,7 @@ def collect(req: Request, cfg: BridgeConfig) -> None:
     lock file); then the IPAM releases every reservation that no valid attachment holds,
     including ones the reference plugin made, except those GC keeps: added while it ran, or
     of an attachment whose record cannot be read (quarantined: nothing of it is touched)."""
-    started_ns = files.file_clock_ns()  # on the clock the kernel stamps files with
+    started_ns = files.file_time_mark_ns()  # on the clock the kernel stamps files with
     valid = valid_attachments(req.config)
     scan = records.scan()
     quarantined = {bad.key for bad in scan.unreadable}
