@@ -11,7 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from loxicni.base import files
 from loxicni.base.files import STALE_AFTER
+from loxicni.plugin.locks import attachment_lock
 from loxicni.plugin.naming import attachment_key
 from tests.agent.harness import Agent
 from tests.integration.conftest import Net, Pod, links_of_bridge, pod_addresses, run_plugin
@@ -159,26 +161,34 @@ def test_null_fields_in_a_live_record_do_not_take_status_down(agent: Agent, net:
     assert net.reservations() == {} and links_of_bridge(net.bridge) == []
 
 
-def test_temp_files_go_by_age_not_by_the_pid_in_their_name(agent: Agent, net: Net) -> None:
-    """A writer in another PID namespace (the host's runtime beside a DaemonSet agent) has PIDs
-    this one cannot see: its fresh temp file is in use, however its name reads."""
+def test_temp_files_go_when_no_writer_can_own_them(agent: Agent, net: Net) -> None:
+    """A record is saved under its attachment's lock: a temp file whose lock is free is debris,
+    one whose lock is held belongs to a writer at work, whatever PID (of which PID namespace?)
+    its name holds. A name that names no attachment goes by age."""
     conf = net.conf()
     pod = net.pod()
     assert net.call("ADD", pod, conf, env=agent.env).rc == 0
-    key = attachment_key(net.name, pod.container_id, "eth0")
+    at_work = attachment_key(net.name, "writing", "eth0")
+    died = attachment_key(net.name, "died", "eth0")
     unseen = _unused_pid()
-    fresh = agent.records_dir / f".{key}.{unseen}.tmp"
-    stale = agent.records_dir / f".{key}.{unseen + 1}.tmp"
-    fresh.write_text('{"being": "written"}')
-    stale.write_text('{"left": "behind"}')
+    temps = {
+        "at work": agent.records_dir / files.temp_name(f"{at_work}.json"),
+        "died": agent.records_dir / files.temp_name(f"{died}.json"),
+        "fresh, no attachment": agent.records_dir / f".{died}.{unseen}.tmp",
+        "old, no attachment": agent.records_dir / f".{died}.{unseen + 1}.tmp",
+    }
+    for path in temps.values():
+        path.write_text('{"being": "written"}')
     long_ago = time.time() - STALE_AFTER - 60
-    os.utime(stale, (long_ago, long_ago))
-    agent.restart()
-    assert fresh.exists()
-    assert not stale.exists()
-    assert agent.status()["attachments"] == 1  # neither is taken for a record
+    os.utime(temps["old, no attachment"], (long_ago, long_ago))
+    with attachment_lock(net.name, "writing", "eth0"):  # a writer mid-save, in some namespace
+        agent.restart()
+    left = {what for what, path in temps.items() if path.exists()}
+    assert left == {"at work", "fresh, no attachment"}
+    assert agent.status()["attachments"] == 1  # none of them is taken for a record
     assert net.call("DEL", pod, conf, env=agent.env).rc == 0
-    fresh.unlink()
+    for what in left:
+        temps[what].unlink()
 
 
 def _unused_pid() -> int:

@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 
+from loxicni.base import files
 from loxicni.plugin import records
+from loxicni.plugin.locks import attachment_lock
 from loxicni.plugin.naming import attachment_key
 
 
@@ -110,3 +112,22 @@ def test_entries_that_are_no_record(state_dir: Path) -> None:
         "no container_id",
         "not a JSON object",
     )
+
+
+def test_temp_files_of_saves_go_when_their_attachment_is_free(
+    state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LOXI_CNI_RUN_DIR", str(tmp_path / "run"))
+    records.save(record())
+    busy = attachment_key("pods", "busy", "eth0")
+    free = attachment_key("pods", "free", "eth0")
+    at_work = state_dir / files.temp_name(f"{busy}.json")
+    debris = state_dir / files.temp_name(f"{free}.json")
+    unnamed = state_dir / files.temp_name("notes")
+    for path in (at_work, debris, unnamed):
+        path.write_text("{")
+    with attachment_lock("pods", "busy", "eth0"):
+        assert records.remove_stale_temp_files() == [debris.name]
+    assert at_work.exists() and unnamed.exists()  # the unnamed one waits for its age
+    assert records.remove_stale_temp_files() == [at_work.name]
+    assert [r.key for r in records.scan().records] == [KEY]
