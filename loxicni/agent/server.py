@@ -244,10 +244,16 @@ class AgentServer:
                     oldest = next(iter(arriving.values()))
                     timeout = min(timeout, max(oldest.deadline - time.monotonic(), 0.0))
                 for key, _events in selector.select(timeout):
-                    if key.fileobj is self.socket:
-                        self._accept(selector, arriving)
-                    else:
-                        self._receive(selector, arriving, key.data)
+                    try:
+                        if key.fileobj is self.socket:
+                            self._accept(selector, arriving)
+                        else:
+                            self._receive(selector, arriving, key.data)
+                    except Exception:  # one connection's trouble must not end the reading
+                        log.exception("reading a request failed")
+                        broken = key.data
+                        if broken is not None and broken in arriving.values():
+                            self._drop(selector, arriving, broken)
                 now = time.monotonic()
                 for incoming in list(arriving.values()):
                     if incoming.deadline > now:
