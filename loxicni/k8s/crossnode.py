@@ -132,14 +132,17 @@ class CrossNode:
     def start(self) -> None:
         self.watcher.start()
         threading.Thread(target=self._run, name="cross-node", daemon=True).start()
+        vxlan_ = (
+            f", vxlan VNI {self.config.vni} port {self.config.port} devices "
+            f"{self.config.device4}/{self.config.device6}"
+            if self.options.encapsulates
+            else ""
+        )
         log.info(
-            "cross-node %s: node %s, vxlan VNI %d port %d devices %s/%s, resync %.0f s",
+            "cross-node %s: node %s%s, resync %.0f s",
             self.config.mode,
             self.name,
-            self.config.vni,
-            self.config.port,
-            self.config.device4,
-            self.config.device6,
+            vxlan_,
             self.options.resync,
         )
 
@@ -223,8 +226,9 @@ class CrossNode:
             self._hold(nodenetwork.NO_NODE_IP, why, everyone, own)
             return None
         local = LocalNode(name=own.name, underlays=tuple(found), pod_cidrs=own.pod_cidrs)
-        mtu = overlay.pod_mtu(local, self.config)
-        if self.nodeconf is not None and self.options.encapsulates:
+        # pods need a smaller MTU only where their traffic may be encapsulated
+        mtu = overlay.pod_mtu(local, self.config) if self.options.encapsulates else None
+        if self.nodeconf is not None and mtu is not None:
             self.nodeconf.set_mtu(mtu)
         sysctl.forwarding_on(local.underlay(4) is not None, local.underlay(6) is not None)
         overlay_record.save(self.config)  # before the first change: teardown must find it

@@ -76,7 +76,7 @@ def apply_deploy(cp: ControlPlane) -> Path:
         cp.kubectl("apply", "-f", str(DEPLOY / name))
     cp.kubectl(
         "wait", "--for=condition=Established", "--timeout=60s",
-        "crd/podnetworkinterfaces.loxicni.io",
+        "crd/podnetworkinterfaces.loxicni.io", "crd/nodenetworks.loxicni.io",
     )  # fmt: skip
     return cp.kubeconfig_for_token(cp.token_for(*AGENT_SA))
 

@@ -204,6 +204,8 @@ RBAC_ALLOWED = [
     ("get", "podnetworkinterfaces.loxicni.io"), ("list", "podnetworkinterfaces.loxicni.io"),
     ("create", "podnetworkinterfaces.loxicni.io"), ("patch", "podnetworkinterfaces.loxicni.io"),
     ("delete", "podnetworkinterfaces.loxicni.io"),
+    ("get", "nodenetworks.loxicni.io"), ("create", "nodenetworks.loxicni.io"),
+    ("patch", "nodenetworks.loxicni.io"),
 ]  # fmt: skip
 RBAC_DENIED = [
     ("patch", "pods"), ("update", "pods"), ("create", "pods"), ("delete", "pods"),
@@ -215,6 +217,8 @@ RBAC_DENIED = [
     ("create", "serviceaccounts", "--subresource=token"),
     ("deletecollection", "podnetworkinterfaces.loxicni.io"),
     ("update", "podnetworkinterfaces.loxicni.io"),
+    ("list", "nodenetworks.loxicni.io"), ("delete", "nodenetworks.loxicni.io"),
+    ("update", "nodenetworks.loxicni.io"), ("deletecollection", "nodenetworks.loxicni.io"),
     ("create", "customresourcedefinitions.apiextensions.k8s.io"),
     ("update", "customresourcedefinitions.apiextensions.k8s.io"),
     ("create", "clusterrolebindings.rbac.authorization.k8s.io"),

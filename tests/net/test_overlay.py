@@ -201,10 +201,10 @@ def test_vxlan(nodes: list[Node]) -> None:
         (veth,) = ipr.link("get", ifname="veth1")
         (eth0,) = pod.link("get", ifname="eth0")
     assert veth.get("IFLA_MTU") == eth0.get("IFLA_MTU") == 1430
-    before = {node.name: path_mtu_signals(node) for node in nodes}
+    before = {node.name: path_mtu_signals(node.ns) for node in nodes}
     transfer(n1, n3, 4)
     transfer(n3, n1, 6)
-    assert {node.name: path_mtu_signals(node) for node in nodes} == before
+    assert {node.name: path_mtu_signals(node.ns) for node in nodes} == before
     # the control: pods at the underlay's MTU (both ends, or TCP's MSS would take the
     # smaller) make their node drop and signal
     try:
@@ -215,7 +215,7 @@ def test_vxlan(nodes: list[Node]) -> None:
     finally:
         set_pod_mtu(n1, 1430)
         set_pod_mtu(n3, 1430)
-    after = path_mtu_signals(n1)
+    after = path_mtu_signals(n1.ns)
     assert after["Ip FragFails"] > before["node1"]["Ip FragFails"]
     assert after["Icmp6OutPktTooBigs"] > before["node1"]["Icmp6OutPktTooBigs"]
     # nothing changed: the second sync changes nothing, and says so by its own count
