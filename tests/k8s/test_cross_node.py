@@ -14,12 +14,14 @@ teardown and finds nothing of ours left in any namespace.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -37,6 +39,7 @@ SAME_SUBNET = {(1, 2), (2, 1)}
 DIRECT = {"routes": SAME_SUBNET, "vxlan": set(), "auto": SAME_SUBNET}
 VXLAN = {"routes": set(), "vxlan": ALL, "auto": ALL - SAME_SUBNET}
 POD_MTU = {"routes": 1500, "vxlan": 1430, "auto": 1430}  # vxlan over IPv6: 1500 - 70
+T = TypeVar("T")
 
 
 def reached(mode: str) -> set[tuple[int, int]]:
@@ -65,31 +68,29 @@ def mode(request: pytest.FixtureRequest, sim: SimCluster) -> Iterator[str]:
     """The agents running in one cross-node mode, a pod on each node; stopped and undone
     afterwards (test_teardown_leaves_nothing checks that undoing left nothing)."""
     mode = str(request.param)
+    template = sim.template()
     try:
-        threads = [
-            threading.Thread(target=n.start_agent, args=(mode, sim.template())) for n in sim.nodes
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        parallel(lambda n: n.start_agent(mode, template), sim.nodes)
         for node in sim.nodes:
-            node.wait_synced()
             node.add_pod(sim.tag)
         yield mode
     finally:
         for node in sim.nodes:
             print(f"----- agent of {node.name} ({mode})\n{node.tail()}")
-            try:
-                node.del_pods()
-            finally:
-                node.stop_agent()
-                subprocess.run(
-                    ["ip", "netns", "exec", node.ns, PLUGIN, "teardown",
-                     "--cni-conf-dir", str(node.conf_dir)],
-                    env={**node.env, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-                    capture_output=True, timeout=60,
-                )  # fmt: skip
+            node.del_pods()
+        parallel(SimNode.stop_agent, sim.nodes)
+        for node in sim.nodes:
+            subprocess.run(
+                ["ip", "netns", "exec", node.ns, PLUGIN, "teardown",
+                 "--cni-conf-dir", str(node.conf_dir)],
+                env={**os.environ, **node.env}, capture_output=True, timeout=60,
+            )  # fmt: skip
+
+
+def parallel(fn: Callable[[SimNode], T], nodes: list[SimNode]) -> list[T]:
+    """``fn`` for every node at once (each node is its own machine); the results in order."""
+    with ThreadPoolExecutor(len(nodes)) as pool:
+        return list(pool.map(fn, nodes))
 
 
 def _node_network(cp: ControlPlane, name: str) -> dict[str, Any] | None:
@@ -125,9 +126,7 @@ def test_each_agent_may_write_only_its_own_node_network(
     n1, n2, _ = sim.nodes
     as_n1 = cp.kubeconfig_for_token(n1.token)
     who = json.loads(cp.kubectl("auth", "whoami", "-o", "json", kubeconfig=as_n1).stdout)
-    assert who["status"]["userInfo"]["extra"]["authentication.kubernetes.io/node-name"] == [
-        n1.name
-    ]
+    assert who["status"]["userInfo"]["extra"]["authentication.kubernetes.io/node-name"] == [n1.name]
 
     def apply(name: str, kubeconfig: Path) -> subprocess.CompletedProcess[str]:
         body = {
@@ -215,9 +214,14 @@ def test_each_node_programs_every_other(
             assert f'loxi_cni_cross_node_peer_errors{{peer="{peer}"}} 2\n' in metrics
         assert "loxi_cni_cross_node_last_sync_timestamp_seconds 1" in metrics
 
-        def published(node: SimNode = node) -> dict[str, Any] | None:
-            nn = _node_network(control_plane, node.name)
-            return nn if nn and nn["status"]["peers"]["programmed"] == len(direct | via) else None
+        def published(node: SimNode = node, count: int = len(direct | via)) -> Any:
+            nn = _node_network(control_plane, node.name)  # the last mode's, for a moment
+            return (
+                nn
+                and nn["spec"]["mode"] == mode
+                and nn["status"]["peers"]["programmed"] == count
+                and nn
+            )
 
         nn = wait_until_value(f"NodeNetwork {node.name}", published)
         spec, st = nn["spec"], nn["status"]
@@ -286,10 +290,7 @@ def test_a_route_deleted_by_hand_comes_back(sim: SimCluster, mode: str) -> None:
     n1, n2, n3 = sim.nodes
     other = n3 if VXLAN[mode] else n2
     before = n1.overlay_routes()
-    subprocess.run(
-        ["ip", "-n", n1.ns, "route", "del", str(other.pod4), "proto", "76"], check=True
-    )
-    assert str(other.pod4) not in n1.overlay_routes()
+    subprocess.run(["ip", "-n", n1.ns, "route", "del", str(other.pod4), "proto", "76"], check=True)
     took = wait_until("the route to come back", lambda: n1.overlay_routes() == before, 10)
     print(f"restored after {took:.2f} s (resync 2 s)")
     assert ping(n1.pods[0].name, other.pods[0].ips[4], count=2) == 2
@@ -331,7 +332,7 @@ def test_a_node_deleted_and_recreated(
     agent that was down meanwhile removes them when it starts; recreated, the Node's routes
     are back on every other node within a second, and its pods reachable again."""
     cp = control_plane
-    n1, n2, n3 = sim.nodes
+    _, n2, n3 = sim.nodes
     victim = n3 if mode != "routes" else n2
     seeing = [n for n in sim.nodes if (n.index, victim.index) in reached(mode)]
     down = seeing[0] if len(seeing) > 1 else None  # an agent down while the Node goes
@@ -372,8 +373,10 @@ def test_a_node_deleted_and_recreated(
     # the victim's agent, which held on while its Node was gone, publishes again
     wait_until_value(
         "the NodeNetwork back, owned by the new Node",
-        lambda: (nn := _node_network(cp, victim.name))
-        and nn["metadata"]["ownerReferences"][0]["uid"] == victim.uid,
+        lambda: (
+            (nn := _node_network(cp, victim.name))
+            and nn["metadata"]["ownerReferences"][0]["uid"] == victim.uid
+        ),
     )
 
 
@@ -382,11 +385,12 @@ def test_teardown_leaves_nothing(sim: SimCluster, mode: str) -> None:
     documented `loxi-cni teardown` on each node: nothing of ours in any namespace."""
     for node in sim.nodes:
         node.del_pods()
-        node.stop_agent()
+    parallel(SimNode.stop_agent, sim.nodes)
+    for node in sim.nodes:
         # a stopped agent leaves the overlay in place: flows outlive restarts
         assert node.overlay_routes() == _expected_routes(node, sim.nodes, mode)
-    for node in sim.nodes:
-        report = node.teardown()
+    reports = zip(sim.nodes, parallel(SimNode.teardown, sim.nodes), strict=True)
+    for node, report in reports:
         assert report["routes"] == len(_expected_routes(node, sim.nodes, mode))
         assert report["devices"] == ([] if mode == "routes" else ["loxi-vxlan4", "loxi-vxlan6"])
         assert report["bridges"] == ["cni0"] and report["kept"] == []
