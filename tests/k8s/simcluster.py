@@ -183,7 +183,14 @@ class SimNode:
         }
 
     # -- the agent
-    def start_agent(self, mode: str, template: dict[str, Any], *, wait: bool = True) -> None:
+    def start_agent(
+        self,
+        mode: str,
+        template: dict[str, Any],
+        *,
+        wait: bool = True,
+        extra: tuple[str, ...] = (),
+    ) -> None:
         assert self.kubeconfig is not None
         self.mode = mode
         self.conf_dir.mkdir(parents=True, exist_ok=True)
@@ -218,6 +225,7 @@ class SimNode:
             "600",
             "--cross-node",
             mode,
+            *extra,
         ]
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
@@ -723,3 +731,56 @@ def transfer(client_ns: str, server_ns: str, dst: str, size: int = 1 << 20) -> s
         thread.join(timeout=30)
     assert hashlib.sha256(payload).hexdigest() == received.hexdigest(), "transfer incomplete"
     return peer[0]
+
+
+class OneShotServer:
+    """A TCP server in netns ``ns`` on ``ip``: accepts one connection, answers ``reply`` and
+    records the peer's address (what the server sees: masqueraded or not)."""
+
+    def __init__(self, ns: str, ip: str, reply: str) -> None:
+        family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+        fd = netns.open_netns(f"/var/run/netns/{ns}")
+        try:
+            self.sock = netns.run_in(fd, lambda: socket.socket(family, socket.SOCK_STREAM))
+        finally:
+            os.close(fd)
+        self.sock.bind((ip, 0))
+        self.sock.listen(1)
+        self.sock.settimeout(20)
+        self.port = int(self.sock.getsockname()[1])
+        self.peer = ""
+        self.reply = reply
+        self.thread = threading.Thread(target=self._serve)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        try:
+            conn, addr = self.sock.accept()
+        except OSError:
+            return
+        with conn:
+            self.peer = addr[0]
+            conn.sendall(self.reply.encode() + b"\n")
+
+    def close(self) -> str:
+        """Stop; the peer's address ("" if none came)."""
+        self.thread.join(timeout=25)
+        self.sock.close()
+        return self.peer
+
+
+def fetch(ns: str, ip: str, port: int) -> str:
+    """Connect from netns ``ns`` to ``ip``:``port`` and read until the server closes."""
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    fd = netns.open_netns(f"/var/run/netns/{ns}")
+    try:
+        sock = netns.run_in(fd, lambda: socket.socket(family, socket.SOCK_STREAM))
+    finally:
+        os.close(fd)
+    with sock:
+        sock.settimeout(10)
+        sock.connect((ip, port))
+        data = b""
+        while chunk := sock.recv(4096):
+            data += chunk
+    return data.decode().strip()
