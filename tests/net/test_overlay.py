@@ -253,6 +253,8 @@ def test_auto(nodes: list[Node]) -> None:
     # node1 and node2 share a subnet: a direct route between them, vxlan to and from node3
     assert reports["node1"].changes == {"route add": 4, "neigh set": 2, "fdb set": 2}
     assert reports["node3"].changes == {"route add": 4, "neigh set": 4, "fdb set": 4}
+    assert reports["node1"].paths == {"direct": {"node2"}, "vxlan": {"node3"}}
+    assert reports["node3"].paths == {"direct": set(), "vxlan": {"node1", "node2"}}
     _assert_vxlan_state(n1, [n2, n3], direct={"node2"})
     _assert_vxlan_state(n2, [n1, n3], direct={"node1"})
     _assert_vxlan_state(n3, [n1, n2], direct=set())
@@ -284,6 +286,7 @@ def test_reconcile(nodes: list[Node]) -> None:
         f"route 10.244.2.0/24 via 10.244.2.0 dev {dev4} onlink: "
         "a route of another protocol is in the way"
     ]
+    assert report.peer_failures == {"node2": report.failures}  # whose entry was refused
     foreign = _routes(n1, proto=4)
     assert foreign["10.244.2.0/24"].get("RTA_GATEWAY") == "192.168.50.2"  # untouched
     assert "10.99.0.0/16" in foreign
