@@ -209,21 +209,18 @@ def masqueraded_attachments(network: str) -> set[tuple[str, str]]:
 # --- the cluster's pod networks -------------------------------------------------------------
 
 
-def _inside(net: IPv4Network | IPv6Network, other: IPv4Network | IPv6Network) -> bool:
-    if isinstance(net, IPv4Network):
-        return isinstance(other, IPv4Network) and net.subnet_of(other)
-    return isinstance(other, IPv6Network) and net.subnet_of(other)
-
-
 def _outermost(networks: Iterable[IPv4Network | IPv6Network]) -> set[str]:
-    """``networks`` less those inside another (an interval set refuses overlaps; two CIDRs
-    either nest or are disjoint), as ``ip_network`` spells them."""
-    ordered = sorted(set(networks), key=lambda n: (n.version, n.prefixlen))
-    kept: list[IPv4Network | IPv6Network] = []
-    for net in ordered:
-        if not any(_inside(net, k) for k in kept):
-            kept.append(net)
-    return {str(net) for net in kept}
+    """``networks`` (of one family) less those inside another (an interval set refuses
+    overlaps), as ``ip_network`` spells them. Two CIDRs either nest or are disjoint, so one
+    sweep in address order does it: a network starting inside the last one kept is in it."""
+    kept: list[str] = []
+    end = -1
+    for net in sorted(set(networks), key=lambda n: (int(n.network_address), n.prefixlen)):
+        if int(net.network_address) <= end:
+            continue
+        kept.append(str(net))
+        end = int(net.broadcast_address)
+    return set(kept)
 
 
 def set_cluster_networks(networks: Iterable[IPv4Network | IPv6Network]) -> bool:
@@ -333,8 +330,7 @@ def _read() -> _State:
                 for item in s.get("elem", ()):
                     elem = item["elem"] if isinstance(item, dict) and "elem" in item else None
                     key = _render(item if elem is None else elem["val"])
-                    spelled = key if "-" in key else str(ip_network(key, strict=False))
-                    cluster[(s["name"], spelled)] = key
+                    cluster[(s["name"], _spelled(key))] = key
             elif (c := obj.get("chain")) is not None and c.get("name") == "postrouting":
                 chain_ok = (c.get("type"), c.get("hook"), c.get("prio")) == (
                     "nat",
@@ -347,6 +343,15 @@ def _read() -> _State:
         return _State(elems, rules_ok=rules_ok, cluster=cluster)
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise NftError("cannot parse nft's listing of the masquerade table", repr(e)) from e
+
+
+def _spelled(key: str) -> str:
+    """A cluster set's element as ``ip_network`` spells it: nft prints a prefix as Python
+    does (RFC 5952 for IPv6), but a single address without its length. Thousands are read at
+    every resync: no parsing."""
+    if "/" in key or "-" in key:
+        return key
+    return f"{key}/128" if ":" in key else f"{key}/32"
 
 
 def _add_lines(elems: Sequence[_Elem]) -> str:
