@@ -124,7 +124,15 @@ class Host:
     conf: NodeConfWriter
 
     def sync(self, *, periodic: bool = False) -> Any:
-        return netns.run_in(self.fd, lambda: self.cross.sync(self.rt, periodic=periodic))
+        return self.run(lambda: self.cross.sync(self.rt, periodic=periodic))
+
+    def run(self, fn: Any) -> Any:
+        """``fn`` in the node's netns (sysctls, nft and new netlink sockets included)."""
+        return netns.run_in(self.fd, fn)
+
+    def links(self) -> list[str]:
+        with IPRoute(netns=self.ns) as ipr:
+            return sorted(m.get("IFLA_IFNAME") for m in ipr.get_links())
 
     def feed(self, *nodes: Node) -> None:
         self.cross._listed(list(nodes))
@@ -354,3 +362,24 @@ def test_cross_node_options() -> None:
     assert args.cross_node == "none"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["agent", "--cross-node", "bgp"])
+
+
+def test_an_agent_started_without_the_overlay_removes_the_recorded_one(host: Host) -> None:
+    """What a run made is recorded in the state dir: an agent started with another overlay
+    (other device names) or none at all removes it; with the same one it keeps it (flows)."""
+    from loxicni.agent.teardown import remove_leftovers
+
+    host.feed(node("self", 0, ips=SELF), node("a", 1))
+    host.sync()
+    assert len(host.routes()) == 2
+    config = host.cross.config
+    host.rt.reset()
+    host.run(lambda: remove_leftovers(config))
+    assert len(host.routes()) == 2 and host.rt.modifying == 0
+    host.run(lambda: remove_leftovers(OverlayConfig(device4="other4", device6="other6")))
+    assert host.routes() == {} and host.links() == ["eth0", "eth1", "lo"]
+    assert overlay_record.load() == config  # the other run records its own when it syncs
+    host.sync()
+    host.run(lambda: remove_leftovers(None))
+    assert host.routes() == {} and overlay_record.load() is None
+    assert host.cluster_set() == set()
