@@ -187,7 +187,9 @@ class CrossNode:
                 if not self.nodes.listed:
                     due = time.monotonic() + self.options.resync
                     continue
-                periodic = not woke
+                # a full pass (masquerade sets and NodeNetwork read back too) at least every
+                # resync, however often Node events come
+                periodic = time.monotonic() >= due
                 try:
                     self.sync(rt, periodic=periodic)
                     self.backoff.reset()
@@ -233,7 +235,9 @@ class CrossNode:
         sysctl.forwarding_on(local.underlay(4) is not None, local.underlay(6) is not None)
         overlay_record.save(self.config)  # before the first change: teardown must find it
         report = overlay.sync(rt, local, [n.peer for n in everyone], self.config)
-        self._exempt_from_masquerade(everyone, periodic)
+        masq_failure = self._exempt_from_masquerade(everyone, periodic)
+        if masq_failure:
+            report.failures.append(masq_failure)
         self._record(report, local, own, everyone, missing, time.monotonic() - started)
         self._publish(own, local, mtu, periodic)
         return report
@@ -249,16 +253,21 @@ class CrossNode:
                 missing.append(str(exc))
         return found, missing
 
-    def _exempt_from_masquerade(self, everyone: list[NodeInfo], periodic: bool) -> None:
+    def _exempt_from_masquerade(self, everyone: list[NodeInfo], periodic: bool) -> str:
         """Every Node's pod CIDRs into the masquerade table's cluster sets: read back at
-        every resync (repairing them), written only when they differ."""
+        every resync (repairing them), written only when they differ. Why it failed, or "":
+        the overlay works without it, so a failure is reported, not raised."""
         want = frozenset(net for n in everyone for net in n.pod_cidrs)
         if want == self._masq_done and not periodic:
-            return
+            return ""
         self._masq_done = None
-        if masq.set_cluster_networks(want):
-            log.info("masquerade: %d cluster pod networks exempt", len(want))
+        try:
+            if masq.set_cluster_networks(want):
+                log.info("masquerade: %d cluster pod networks exempt", len(want))
+        except NftError as exc:
+            return f"masquerade exemption of the cluster's pod networks: {exc}"
         self._masq_done = want
+        return ""
 
     def _hold(
         self, reason: str, message: str, everyone: list[NodeInfo], own: NodeInfo | None = None

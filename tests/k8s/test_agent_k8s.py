@@ -337,6 +337,7 @@ def test_deploy_manifests_are_what_a_cluster_runs(
     assert init["command"] == ["/opt/loxi-cni/install-host.sh"]
     (agent,) = spec["containers"]
     assert "--in-cluster" in agent["args"]
+    assert "--cross-node=auto" in agent["args"]  # a cluster network out of the box
     template_arg = next(a for a in agent["args"] if a.startswith("--cni-conf-template="))
     mount = next(m for m in agent["volumeMounts"] if m["name"] == "template")
     assert template_arg.split("=", 1)[1].startswith(mount["mountPath"] + "/")
