@@ -11,13 +11,14 @@ all: install
 deps:
 	@bash scripts/install-deps.sh
 
-# The runtime environment: a venv of pinned dependencies plus the package, and the launcher.
+# The runtime environment: a venv of pinned dependencies plus the package, and the executable
+# (shim/loxi-cni.c compiled with the venv's interpreter baked in; scripts/write-launcher.sh).
 install: deps
 	@test -x $(VENV)/bin/python3 || $(PYTHON) -m venv $(VENV)
 	@$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements.lock
 	@$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps --force-reinstall .
 	@mkdir -p $(CNI_BIN_DIR)
-	@bash scripts/write-launcher.sh $(VENV) $(CNI_BIN_DIR)/loxi-cni
+	@bash scripts/write-launcher.sh venv $(VENV) $(CNI_BIN_DIR)/loxi-cni
 	@echo "installed $(CNI_BIN_DIR)/loxi-cni (environment $(VENV))"
 
 dev: deps

@@ -15,6 +15,7 @@ from loxicni.agent.metrics_http import start_metrics
 from loxicni.agent.server import AgentServer, AgentState, container_id
 from loxicni.base.logs import get_logger
 from loxicni.base.version import package_version
+from loxicni.ipam import store
 from loxicni.net.errors import OverlayError
 from loxicni.net.masq import NftError
 
@@ -93,6 +94,7 @@ def run_agent(
     socket_path: str, metrics_address: str | None, kube: KubeOptions | None = None
 ) -> int:
     _agent_logging()
+    store.enable_cache()
     agent = AgentState(Metrics(), package_version())
     _reconcile()
     server = AgentServer(socket_path, agent, _systemd_listen_fd())

@@ -5,6 +5,11 @@ unregister batch, whatever the batch's size. The reaper tags each link with the 
 link group and deletes the whole group with one RTM_DELLINK; DELs that arrive while a batch is
 being torn down form the next one. A lone DEL is deleted at once, so latency never grows.
 
+``delete`` waits for its batch. ``delete_later`` does not: the link is taken out of service at
+once (out of its bridge, down) and deleted with the next batch, so a DEL can answer before the
+kernel's grace periods. Whoever must not run before such a deletion is done (an ADD wanting
+the same attachment, or the same interface name in the same netns) waits on its *fences*.
+
 The reaper thread survives any error (the batch reports it to its waiters), is restarted if it
 ever dies, and no waiter waits longer than WAIT: a DEL holding its attachment's lock must never
 hang on it.
@@ -13,7 +18,9 @@ hang on it.
 from __future__ import annotations
 
 import errno
+import queue
 import threading
+from collections.abc import Callable, Hashable, Iterable
 
 from loxicni.base.logs import get_logger
 from loxicni.net import links
@@ -31,6 +38,8 @@ class _Batch:
         self.count = 0
         self.done = threading.Event()
         self.error: OSError | None = None
+        self.fences: list[Hashable] = []
+        self.callbacks: list[Callable[[], None]] = []
 
 
 class LinkReaper:
@@ -39,7 +48,12 @@ class LinkReaper:
         self._wake = threading.Event()
         self._serial = 0
         self._batch = self._new_batch()
+        self._pending: dict[Hashable, _Batch] = {}  # fence -> the batch that lifts it
+        self._finish: queue.Queue[Callable[[], None]] = queue.Queue()
         self._thread: threading.Thread | None = None
+        self._finisher = threading.Thread(target=self._run_finisher, name="reaper-finish")
+        self._finisher.daemon = True
+        self._finisher.start()
         self._ensure_thread()
 
     def _new_batch(self) -> _Batch:
@@ -68,6 +82,39 @@ class LinkReaper:
             raise batch.error
         return True
 
+    def delete_later(
+        self,
+        ipr: Rtnl,
+        index: int,
+        fences: Iterable[Hashable],
+        on_done: Callable[[], None] | None = None,
+    ) -> bool:
+        """Retire bridge port ``index`` now and delete it in the background; ``fences`` hold
+        until it is gone, then ``on_done`` runs (in another thread). False if it was gone."""
+        with self._lock:
+            self._ensure_thread()
+            batch = self._batch
+            if not links.retire(ipr, index, batch.group):
+                return False
+            batch.count += 1
+            for fence in fences:
+                batch.fences.append(fence)
+                self._pending[fence] = batch
+            if on_done is not None:
+                batch.callbacks.append(on_done)
+            self._wake.set()
+        return True
+
+    def wait(self, fence: Hashable, timeout: float = WAIT) -> bool:
+        """Wait until no deletion holds ``fence``; False if one still does after ``timeout``."""
+        with self._lock:
+            batch = self._pending.get(fence)
+        return batch is None or batch.done.wait(timeout)
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
     def _run(self) -> None:
         with Rtnl() as ipr:
             while True:
@@ -82,7 +129,24 @@ class LinkReaper:
                     links.delete_group(ipr, batch.group)
                 except OSError as exc:
                     batch.error = exc
+                    log.error("link reaper: deleting group %#x failed: %s", batch.group, exc)
                 except Exception as exc:  # keep serving: the waiters must hear of it
                     log.exception("link reaper: deleting group %#x failed", batch.group)
                     batch.error = OSError(errno.EIO, str(exc))
+                with self._lock:
+                    for fence in batch.fences:
+                        if self._pending.get(fence) is batch:
+                            del self._pending[fence]
                 batch.done.set()
+                for callback in batch.callbacks:
+                    self._finish.put(callback)
+
+    def _run_finisher(self) -> None:
+        """Runs what follows a deletion (it may take locks a fenced ADD holds while it waits
+        for the deletion itself, so never in the reaper's own thread)."""
+        while True:
+            callback = self._finish.get()
+            try:
+                callback()
+            except Exception:
+                log.exception("link reaper: follow-up of a deletion failed")

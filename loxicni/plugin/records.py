@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from loxicni.plugin.naming import attachment_key
 
 ADDING = "adding"
 READY = "ready"
+DELETING = "deleting"  # DEL answered; the host veth is retired and being deleted
 SCHEMA = 2  # 1: records without "schema"; 2 adds schema, generation, bridge, vlan, result
 
 
@@ -136,7 +137,9 @@ def save(record: Record) -> None:
     directory = _dir()
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     record.schema = SCHEMA
-    files.write_atomic(_path(record.key), json.dumps(asdict(record)).encode())
+    # Shallow: asdict would deep-copy the config, which json.dumps only reads.
+    doc = {f.name: getattr(record, f.name) for f in fields(Record)}
+    files.write_atomic(_path(record.key), json.dumps(doc).encode())
 
 
 def remove(network: str, container_id: str, ifname: str) -> None:

@@ -7,10 +7,10 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import struct
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -22,13 +22,10 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import PLUGIN, Call, Net, links_of_bridge, make_net, run_plugin
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.integration.conftest import Call, Net, links_of_bridge, make_net, run_plugin
+from tests.support.host import free_port
+from tests.support.plugin import PLUGIN, agent_status
+from tests.support.processes import kill9
 
 
 @dataclass
@@ -70,8 +67,7 @@ class Agent:
 
     def kill9(self) -> None:
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
+        kill9(self.proc)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -79,13 +75,7 @@ class Agent:
             self.proc.wait(timeout=10)
 
     def status(self) -> dict[str, Any]:
-        proc = subprocess.run(
-            [PLUGIN, "status", "--json", "--socket", self.socket],
-            capture_output=True,
-            text=True,
-            timeout=20,
-        )
-        return dict(json.loads(proc.stdout))
+        return agent_status(self.socket)
 
     def metrics(self) -> str:
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
@@ -99,7 +89,7 @@ def agent(tmp_path: Path) -> Iterator[Agent]:
         str(tmp_path / "run" / "agent.sock"),
         tmp_path / "state",
         tmp_path / "agent.log",
-        _free_port(),
+        free_port(),
     )
     a.start()
     yield a
@@ -215,18 +205,17 @@ def test_non_root_peers_are_refused(agent: Agent) -> None:
 
 
 def test_thin_client_imports_only_the_standard_library() -> None:
-    launcher = Path(PLUGIN).read_text().splitlines()
-    site = next(line for line in launcher if "sys.path.insert" in line).split('"')[1]
+    """Python's plugin mode (run directly, without the compiled shim) and `loxi-cni status`."""
+    repo = Path(__file__).resolve().parents[2]
     code = (
-        f"import sys; sys.path.insert(0, {site!r})\n"
+        f"import sys; sys.path.insert(0, {str(repo)!r})\n"
         "import loxicni.main, loxicni.client\n"
         "heavy = [m for m in ('pyroute2', 'json', 'socket', 'asyncio', 'loxicni.plugin')"
         " if m in sys.modules]\n"
         "print(heavy)\n"
     )
-    python = launcher[0][2:].split()[0]
     out = subprocess.run(
-        [python, "-I", "-S", "-c", code], capture_output=True, text=True, check=True
+        [sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]"
 
@@ -350,13 +339,7 @@ def test_systemd_socket_activation(tmp_path: Path, net: Net) -> None:
         pod = net.pod()
         call_env = {"LOXI_CNI_SOCKET": path, "LOXI_CNI_STATE_DIR": str(tmp_path / "state")}
         assert net.call("ADD", pod, net.conf(), env=call_env).rc == 0
-        out = subprocess.run(
-            [PLUGIN, "status", "--json", "--socket", path],
-            capture_output=True,
-            text=True,
-            timeout=20,
-        ).stdout
-        assert json.loads(out)["requestsServed"] == 1
+        assert agent_status(path)["requestsServed"] == 1
         assert net.call("DEL", pod, net.conf(), env=call_env).rc == 0
     finally:
         proc.terminate()

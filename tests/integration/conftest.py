@@ -20,7 +20,10 @@ from typing import Any
 import pytest
 from pyroute2 import IPRoute, NetNS
 
-PLUGIN = os.environ.get("LOXI_CNI_BIN", "/opt/cni/bin/loxi-cni")
+from tests.support.host import delete_links
+from tests.support.ipam import reservation_files
+from tests.support.plugin import PLUGIN
+
 # The reference plugins, a CNI 1.1 release built by scripts/reference-plugins.sh (make test).
 REFERENCE_DIR = os.environ.get("LOXI_REFERENCE_CNI_DIR", "/var/cache/loxi-cni/cni-plugins-v1.10.0")
 
@@ -135,14 +138,7 @@ class Net:
 
     def reservations(self) -> dict[str, str]:
         """IP file name -> content, of this network's host-local store."""
-        directory = self.data_dir / self.name
-        if not directory.is_dir():
-            return {}
-        return {
-            p.name: p.read_bytes().decode()
-            for p in directory.iterdir()
-            if p.is_file() and p.name != "lock" and not p.name.startswith("last_reserved_ip")
-        }
+        return reservation_files(self.data_dir, self.name)
 
 
 def host_links() -> dict[str, Any]:
@@ -200,7 +196,7 @@ def make_net(tmp_path: Path) -> Iterator[Net]:
     finally:
         for pod in network.pods:
             subprocess.run(["ip", "netns", "del", pod.name], capture_output=True)
-        subprocess.run(["ip", "link", "del", network.bridge], capture_output=True)
+        delete_links(network.bridge)
 
 
 @pytest.fixture

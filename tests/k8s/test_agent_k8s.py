@@ -26,9 +26,10 @@ import pytest
 from tests.runtimes import oci
 from tests.runtimes.helpers import LOOPBACK
 from tests.runtimes.runtimes import Containerd
+from tests.support.plugin import PLUGIN
+from tests.support.waiting import wait_for
 
 from .cluster import (
-    PLUGIN,
     Cluster,
     Sandbox,
     check_interface,
@@ -36,7 +37,6 @@ from .cluster import (
     free_pod_cidr,
     host_link,
     template_from_configmap,
-    wait_for,
 )
 from .controlplane import ControlPlane
 

@@ -30,16 +30,16 @@ from loxicni.net import masq
 from tests.runtimes import oci
 from tests.runtimes.helpers import CRICTL, LOOPBACK
 from tests.runtimes.runtimes import Containerd
+from tests.support.plugin import PLUGIN
+from tests.support.waiting import wait_for
 
 from .cluster import (
-    PLUGIN,
     Cluster,
     Sandbox,
     check_interface,
     check_network_status,
     free_pod_cidr,
     require,
-    wait_for,
 )
 from .controlplane import ControlPlane
 from .simcluster import OneShotServer, SimCluster, fetch

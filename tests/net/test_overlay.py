@@ -337,7 +337,7 @@ def test_reconcile(nodes: list[Node]) -> None:
     before = (_index(n1, VXLAN.device4), _index(n1, VXLAN.device6))
     n1.rt.close()
     from loxicni.net import netns
-    from tests.net.overlay_cluster import CountingRtnl
+    from tests.support.counting_rtnl import CountingRtnl
 
     n1.rt = CountingRtnl(netns.netlink_socket_in(n1.fd))
     report = _sync(n1, [n1.peer, n2.peer], VXLAN)
