@@ -27,8 +27,9 @@ import pytest
 
 from loxicni.net import vxlan
 from tests.net.overlay_cluster import path_mtu_signals
+from tests.support.plugin import PLUGIN
 
-from .cluster import PLUGIN, require
+from .cluster import require
 from .controlplane import ControlPlane
 from .simcluster import SimCluster, SimNode, ping, ping_all, transfer, wait_until
 
