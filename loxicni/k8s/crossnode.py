@@ -306,7 +306,7 @@ class CrossNode:
         vxlan_ = report.paths.get("vxlan", set()) - errors.keys()
         if report.failures:
             reason = nodenetwork.SYNC_FAILED
-            message = f"{len(report.failures)} kernel requests refused: {report.failures[0]}"
+            message = f"{len(report.failures)} changes failed, the first: {report.failures[0]}"
         elif errors:
             reason = nodenetwork.PEERS_SKIPPED
             message = "; ".join(f"{p}: {', '.join(e)}" for p, e in sorted(errors.items()))
