@@ -33,6 +33,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
@@ -328,19 +329,22 @@ class SimNode:
     def ipr(self) -> IPRoute:
         return IPRoute(netns=self.ns)
 
-    def overlay_routes(self) -> dict[str, dict[str, Any]]:
-        """Our routes (protocol 76), by destination: gateway, device name, onlink."""
+    def overlay_routes(self, ipr: IPRoute | None = None) -> dict[str, dict[str, Any]]:
+        """Our routes (protocol 76), by destination: gateway, device name, onlink. ``ipr``: a
+        handle in this node's netns kept open by a caller polling in a tight loop."""
+        if ipr is None:
+            with self.ipr() as own:
+                return self.overlay_routes(own)
         out: dict[str, dict[str, Any]] = {}
-        with self.ipr() as ipr:
-            names = {m["index"]: m.get("IFLA_IFNAME") for m in ipr.get_links()}
-            for family in (2, 10):
-                for m in ipr.get_routes(family=family, table=254):
-                    if m["proto"] == PROTO:
-                        out[f"{m.get('RTA_DST')}/{m['dst_len']}"] = {
-                            "gateway": m.get("RTA_GATEWAY"),
-                            "dev": names.get(m.get("RTA_OIF")),
-                            "onlink": bool(m["flags"] & 4),
-                        }
+        names = {m["index"]: m.get("IFLA_IFNAME") for m in ipr.get_links()}
+        for family in (2, 10):
+            for m in ipr.get_routes(family=family, table=254):
+                if m["proto"] == PROTO:
+                    out[f"{m.get('RTA_DST')}/{m['dst_len']}"] = {
+                        "gateway": m.get("RTA_GATEWAY"),
+                        "dev": names.get(m.get("RTA_OIF")),
+                        "onlink": bool(m["flags"] & 4),
+                    }
         return out
 
     def links(self) -> dict[str, dict[str, Any]]:
@@ -515,10 +519,16 @@ class SimCluster:
         return path
 
     def create_node(self, node: SimNode) -> None:
-        out = self.cp.kubectl(
-            "create", "-o", "json", "-f", "-", input=json.dumps(node.manifest())
-        ).stdout
-        node.uid = json.loads(out)["metadata"]["uid"]
+        """POST the Node (no kubectl between: a test timing the reaction to the API event
+        starts its clock right before the request)."""
+        request = urllib.request.Request(
+            f"{self.cp.server}/api/v1/nodes",
+            data=json.dumps(node.manifest()).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=30, context=self.cp.ssl_context()) as r:
+            node.uid = json.load(r)["metadata"]["uid"]
 
     def register(self, node: SimNode) -> None:
         """The Node object, and a token bound to a Pod on it (the DaemonSet's pod, never run
