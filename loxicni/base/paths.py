@@ -50,3 +50,7 @@ def nft_lock() -> str:
 
 def log_dir() -> str:
     return os.environ.get("LOXI_CNI_LOG_DIR") or DEFAULT_LOG_DIR
+
+
+def overlay_record() -> str:
+    return os.path.join(state_dir(), "overlay.json")
