@@ -205,6 +205,8 @@ class SimNode:
             str(self.conf_dir),
             "--cni-conf-template",
             str(path),
+            "--cni-data-root",  # the template's dataDir is this node's own
+            str(self.workdir),
             "--resync",
             "2",
             "--grace-period",
