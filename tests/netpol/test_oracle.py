@@ -20,7 +20,9 @@ from .oracle import (
     Probe,
     Protocol,
     Verdict,
+    _find_binary,
     expected,
+    oracle_binary,
 )
 
 CP = ContainerPort
@@ -522,3 +524,17 @@ def test_refuses_what_the_api_server_refuses(policy: dict[str, Any], message: st
 def test_refuses_probes_the_cluster_cannot_make(bad: Probe, message: str) -> None:
     with pytest.raises(OracleError, match=message):
         expected(CLUSTER, [], [bad])
+
+
+def test_a_missing_oracle_fails_when_required(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOXI_NETPOL_ORACLE", "/nonexistent/netpol-oracle")
+    _find_binary.cache_clear()
+    try:
+        monkeypatch.setenv("LOXI_K8S_REQUIRED", "1")
+        with pytest.raises(pytest.fail.Exception, match="oracle not built"):
+            oracle_binary()
+        monkeypatch.delenv("LOXI_K8S_REQUIRED")
+        with pytest.raises(pytest.skip.Exception, match="oracle not built"):
+            oracle_binary()
+    finally:
+        _find_binary.cache_clear()
