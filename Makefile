@@ -61,7 +61,7 @@ reference-plugins:
 test: install dev lint reference-plugins runtimes-deps
 	LOXI_CNI_BIN=$(CNI_BIN_DIR)/loxi-cni \
 	LOXI_REFERENCE_CNI_DIR=$$(bash scripts/reference-plugins.sh) \
-	$(DEV_VENV)/bin/pytest -q tests --ignore=tests/k8s
+	$(DEV_VENV)/bin/pytest -q tests --ignore=tests/k8s --ignore=tests/netpol
 
 demo: install
 	@bash scripts/demo.sh $(CNI_BIN_DIR)/loxi-cni
@@ -73,12 +73,21 @@ uninstall:
 clean:
 	rm -rf $(DEV_VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis
 
-# Speed against the reference bridge plugin (bench/bench.py --help): `make bench`,
-# `make bench BENCH_ARGS=--quick`, `BENCH_ARGS="--cycles 1000"`, `BENCH_ARGS="--rss 500"`.
-.PHONY: bench
-bench: install
+# `make bench` runs both benchmarks below.
+# Speed against the reference bridge plugin (bench/bench.py --help): `make bench-cni`,
+# `BENCH_ARGS=--quick`, `BENCH_ARGS="--cycles 1000"`, `BENCH_ARGS="--rss 500"`.
+# The cross-node agent at cluster scale on the real API server (bench/cluster_bench.py --help):
+# `make bench-cluster`, `CLUSTER_BENCH_ARGS="--nodes 5000 --modes vxlan"`.
+.PHONY: bench bench-cni bench-cluster
+bench: bench-cni bench-cluster
+
+bench-cni: install
 	$$(test -x $(DEV_VENV)/bin/python && echo $(DEV_VENV)/bin/python || echo $(PYTHON)) \
 		bench/bench.py $(BENCH_ARGS)
+
+bench-cluster: install dev k8s-deps
+	LOXI_CNI_BIN=$(CNI_BIN_DIR)/loxi-cni $(DEV_VENV)/bin/python bench/cluster_bench.py \
+		$(CLUSTER_BENCH_ARGS)
 
 # Real runtimes (containerd via ctr and CRI, podman, cnitool) driving the installed plugin.
 .PHONY: runtimes-deps test-runtimes
@@ -98,11 +107,21 @@ k8s-deps:
 test-k8s: dev image k8s-deps
 	LOXI_K8S_REQUIRED=1 LOXI_CNI_IMAGE=$(IMAGE_TAR) $(DEV_VENV)/bin/pytest -q tests/k8s
 
+# The NetworkPolicy oracle of tests/netpol (cyclonus's matcher with the API server's own
+# defaulting, validation and selectors), built from the Go module proxy into
+# /var/cache/loxi-cni/netpol-oracle-* on first use; its tests and the corpus need no cluster.
+.PHONY: netpol-oracle test-netpol
+netpol-oracle:
+	@bash scripts/k8s/netpol-oracle.sh >/dev/null
+
+test-netpol: dev netpol-oracle
+	LOXI_K8S_REQUIRED=1 $(DEV_VENV)/bin/pytest -q tests/netpol
+
 # The agent's Kubernetes mode end to end: the real control plane, deploy/'s manifests, pod
 # sandboxes through containerd's CRI and direct execs, and a real kubelet running Pods on
-# loxi-cni (tests/k8s), and the image installed by deploy/'s DaemonSet (make image). A
-# missing binary or tool fails, never skips.
+# loxi-cni (tests/k8s), the image installed by deploy/'s DaemonSet (make image); the
+# NetworkPolicy oracle and corpus (tests/netpol). A missing binary or tool fails, never skips.
 .PHONY: e2e
-e2e: install dev image k8s-deps runtimes-deps
+e2e: install dev image k8s-deps netpol-oracle runtimes-deps
 	LOXI_K8S_REQUIRED=1 LOXI_CNI_BIN=$(CNI_BIN_DIR)/loxi-cni LOXI_CNI_VENV=$(VENV) \
-		LOXI_CNI_IMAGE=$(IMAGE_TAR) $(DEV_VENV)/bin/pytest -q tests/k8s
+		LOXI_CNI_IMAGE=$(IMAGE_TAR) $(DEV_VENV)/bin/pytest -q tests/k8s tests/netpol

@@ -5,15 +5,21 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from loxicni.base import paths, wire
 from loxicni.base.version import package_version
 from loxicni.cni.version import SUPPORTED_VERSIONS
 from loxicni.k8s.options import (
+    CROSS_NODE_MODES,
     DEFAULT_CONF_DIR,
     DEFAULT_CONF_NAME,
+    DEFAULT_DATA_ROOT,
     DEFAULT_GRACE_PERIOD,
     DEFAULT_RESYNC,
+    DEFAULT_VXLAN_DEVICE,
+    DEFAULT_VXLAN_PORT,
+    DEFAULT_VXLAN_VNI,
     KubeOptions,
     default_node_name,
 )
@@ -35,18 +41,36 @@ def _version(args: argparse.Namespace) -> int:
 def _kube_options(args: argparse.Namespace) -> KubeOptions | None:
     """Kubernetes mode is on with --kubeconfig or --in-cluster."""
     if not args.kubeconfig and not args.in_cluster:
+        if args.cross_node != "none":
+            raise SystemExit("loxi-cni agent: --cross-node needs Kubernetes mode")
         return None
     if args.kubeconfig and args.in_cluster:
         raise SystemExit("loxi-cni agent: --kubeconfig and --in-cluster exclude each other")
-    return KubeOptions(
+    options = KubeOptions(
         node_name=args.node_name or default_node_name(),
         kubeconfig=args.kubeconfig or None,
         conf_dir=Path(args.cni_conf_dir) if args.cni_conf_dir else None,
         conf_name=args.cni_conf_name,
         conf_template=Path(args.cni_conf_template) if args.cni_conf_template else None,
+        data_root=Path(args.cni_data_root),
         grace_period=args.grace_period,
         resync=args.resync,
+        cross_node=args.cross_node,
+        vxlan_vni=args.vxlan_vni,
+        vxlan_port=args.vxlan_port,
+        vxlan_device=args.vxlan_device,
     )
+    _check_overlay(options)
+    return options
+
+
+def _check_overlay(options: KubeOptions) -> None:
+    from loxicni.net.errors import OverlayError
+
+    try:
+        options.overlay()
+    except OverlayError as exc:
+        raise SystemExit(f"loxi-cni agent: {exc}") from exc
 
 
 def _agent(args: argparse.Namespace) -> int:
@@ -79,7 +103,30 @@ def _status(args: argparse.Namespace) -> int:
         print(f"quarantined record (left untouched): {bad}")
     for network, count in sorted(info["addressesInUse"].items()):
         print(f"addresses in use, {network}: {count}")
+    if "crossNode" in info:
+        _print_cross_node(info["crossNode"])
     return code
+
+
+def _print_cross_node(cross: dict[str, Any]) -> None:
+    if "error" in cross:
+        print(f"cross-node: cannot report ({cross['error']})")
+        return
+    ips = ", ".join(map(str, cross.get("nodeIPs") or [])) or "no node IP"
+    print(f"cross-node: {cross['mode']} on {cross['node']} ({ips}), pod MTU {cross['podMTU']}")
+    print(
+        f"peers programmed: {cross['peersProgrammed']} of {cross['peers']} "
+        f"(direct {cross['direct']}, vxlan {cross['viaVxlan']})"
+    )
+    print(
+        f"last sync: {cross['lastSync'] or 'never'} ({cross['lastSyncRequests']} requests, "
+        f"{cross['lastSyncSeconds']} s); {cross['reason']}: {cross['message']}"
+    )
+    for peer, messages in sorted(cross.get("errors", {}).items()):
+        for message in messages:
+            print(f"peer {peer}: {message}")
+    for failure in cross.get("failures", []):
+        print(f"refused: {failure}")
 
 
 def _install_host(args: argparse.Namespace) -> int:
@@ -108,7 +155,9 @@ def _install_host(args: argparse.Namespace) -> int:
 def _uninstall(args: argparse.Namespace) -> int:
     from loxicni import client
     from loxicni.agent.uninstall import uninstall
+    from loxicni.net.errors import OverlayError
     from loxicni.net.masq import NftError
+    from loxicni.net.overlay import OverlayConfig
 
     try:
         code, out = client.call_agent({wire.ADMIN_KEY: "status"}, b"", timeout=10)
@@ -122,9 +171,10 @@ def _uninstall(args: argparse.Namespace) -> int:
         )
         return 1
     conf = Path(args.cni_conf_dir) / args.cni_conf_name if args.cni_conf_dir else None
+    overlay = OverlayConfig(device4=f"{args.vxlan_device}4", device6=f"{args.vxlan_device}6")
     try:
-        done = uninstall(conf, Path(args.tree_dir), Path(args.cni_bin_dir), args.force)
-    except (NftError, OSError) as exc:
+        done = uninstall(conf, Path(args.tree_dir), Path(args.cni_bin_dir), args.force, overlay)
+    except (OverlayError, NftError, OSError) as exc:
         print(f"loxi-cni uninstall: {exc}")
         return 1
     if args.json:
@@ -138,6 +188,9 @@ def _uninstall(args: argparse.Namespace) -> int:
         return 1
     print(f"CNI config removed: {done.conf or 'none'}")
     print(f"attachments released: {len(done.released)}")
+    print(f"overlay routes removed: {done.routes}")
+    print(f"vxlan devices removed: {', '.join(done.devices) or 'none'}")
+    print(f"cluster networks unexempted: {done.cluster_networks}")
     print(f"bridges removed: {', '.join(done.bridges) or 'none'}")
     print(f"masquerade table removed: {'yes' if done.masquerade_table else 'no'}")
     print(f"host-local stores removed: {', '.join(done.stores) or 'none'}")
@@ -196,6 +249,12 @@ def _add_kube_options(p: argparse.ArgumentParser) -> None:
         "pod CIDRs become its host-local ranges (default: a built-in bridge config)",
     )
     kube.add_argument(
+        "--cni-data-root",
+        default=DEFAULT_DATA_ROOT,
+        metavar="DIR",
+        help="the template's ipam.dataDir must be in this directory (default %(default)s)",
+    )
+    kube.add_argument(
         "--grace-period",
         type=float,
         default=DEFAULT_GRACE_PERIOD,
@@ -208,7 +267,36 @@ def _add_kube_options(p: argparse.ArgumentParser) -> None:
         type=float,
         default=DEFAULT_RESYNC,
         metavar="SECONDS",
-        help="full resync of the custom resources this often (default %(default)s)",
+        help="full resync of the custom resources (and of the cross-node overlay) this often "
+        "(default %(default)s)",
+    )
+    kube.add_argument(
+        "--cross-node",
+        choices=CROSS_NODE_MODES,
+        default="none",
+        help="reach the pods of the other nodes: 'routes' (a route to each node's pod CIDR "
+        "via its node IP: one L2 segment), 'vxlan' (every node through a vxlan device), "
+        "'auto' (routes to nodes one hop away, vxlan to the rest), 'none' (default)",
+    )
+    kube.add_argument(
+        "--vxlan-vni",
+        type=int,
+        default=DEFAULT_VXLAN_VNI,
+        metavar="VNI",
+        help="VXLAN network identifier, the same on every node (default %(default)s)",
+    )
+    kube.add_argument(
+        "--vxlan-port",
+        type=int,
+        default=DEFAULT_VXLAN_PORT,
+        metavar="PORT",
+        help="UDP port of the vxlan traffic, the same on every node (default %(default)s)",
+    )
+    kube.add_argument(
+        "--vxlan-device",
+        default=DEFAULT_VXLAN_DEVICE,
+        metavar="NAME",
+        help="vxlan device names: NAME4 and NAME6 (default %(default)s)",
     )
 
 
@@ -260,8 +348,9 @@ def _add_install_host(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def _add_uninstall(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "uninstall",
-        help="remove loxi-cni from this node once its DaemonSet is gone: the CNI config, "
-        "released attachments, bridges, masquerade table, stores, records, executable, trees",
+        help="remove loxi-cni from this node once its DaemonSet is gone and its pods with it: "
+        "the CNI config, attachments, the cross-node overlay, bridges, masquerade table, "
+        "stores, records, executable, trees",
     )
     _add_install_options(p)
     p.add_argument(
@@ -271,6 +360,12 @@ def _add_uninstall(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         help="where the agent wrote the CNI config (default %(default)s)",
     )
     p.add_argument("--cni-conf-name", default=DEFAULT_CONF_NAME, metavar="FILE")
+    p.add_argument(
+        "--vxlan-device",
+        default=DEFAULT_VXLAN_DEVICE,
+        metavar="NAME",
+        help="the vxlan devices' names if the agent left no record (default %(default)s)",
+    )
     p.add_argument(
         "--force",
         action="store_true",

@@ -10,10 +10,12 @@ removing it under live pods would leave them stuck terminating. With ``force`` t
 released too: their network goes at once, and their sandboxes can be stopped only once some
 CNI config (another plugin's) is back.
 
-Once no attachment is left: the bridges the config and records name (if no port is left on
-them), the masquerade table if no one's element is left in it, each network's host-local
-directory if empty, the records, the run dir (locks, socket), the executable in the CNI bin
-dir and the trees ``install-host`` put in the tree dir.
+Once no attachment is left: what the agent made for the node (``teardown``: the cross-node
+overlay, the masquerade table's cluster networks, then the table if no one's element is left in
+it, the bridges the config and records name if no port is left on them), each network's
+host-local directory if empty, the records and the state dir, the run dir (locks, socket), the
+executable in the CNI bin dir and the trees ``install-host`` put in the tree dir. Logs
+(``/var/log/loxi-cni``) stay.
 """
 
 from __future__ import annotations
@@ -25,29 +27,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loxicni.agent import install, state
+from loxicni.agent import install, state, teardown
 from loxicni.base import bundle, paths
 from loxicni.ipam.config import DEFAULT_DATA_DIR
 from loxicni.ipam.store import Store
 from loxicni.k8s.attachments import pod_of
-from loxicni.net import links, masq
-from loxicni.net.rtnl import Rtnl
-from loxicni.plugin import records
+from loxicni.net import masq
+from loxicni.net.overlay import OverlayConfig
+from loxicni.plugin import locks, records
 from loxicni.plugin.config import DEFAULT_BRIDGE
 from loxicni.plugin.release import RELEASED, release
 
 
 @dataclass
-class Uninstalled:
+class Uninstalled(teardown.TeardownReport):
     in_use: list[str] = field(default_factory=list)  # pods attached: refused, nothing removed
     conf: str = ""  # the CNI config removed
     released: list[str] = field(default_factory=list)  # attachments, "network/container/if"
-    bridges: list[str] = field(default_factory=list)
-    masquerade_table: bool = False
     stores: list[str] = field(default_factory=list)  # host-local network directories
     executable: str = ""
     trees: list[str] = field(default_factory=list)
-    kept: list[str] = field(default_factory=list)  # left in place, and why
 
 
 @dataclass
@@ -83,9 +82,14 @@ def _attached(record: records.Record) -> str:
 
 
 def uninstall(
-    conf_path: Path | None, tree_dir: Path, cni_bin_dir: Path, force: bool
+    conf_path: Path | None,
+    tree_dir: Path,
+    cni_bin_dir: Path,
+    force: bool,
+    overlay: OverlayConfig | None = None,
 ) -> Uninstalled:
-    """Remove loxi-cni from this node (module docstring); paths as the host sees them."""
+    """Remove loxi-cni from this node (module docstring); paths as the host sees them.
+    ``overlay``: the overlay's settings, should the agent have left no record of them."""
     done = Uninstalled()
     network = _Network()
     conf_bytes = None
@@ -122,26 +126,14 @@ def uninstall(
     for bad in scan.unreadable:
         done.kept.append(f"record {bad.key}: unreadable ({bad.why}), left as it is")
 
-    _remove_network(network, done)
+    _remove_network(network, overlay, done)
     _remove_state(done)
     _remove_install(tree_dir, cni_bin_dir, done)
     return done
 
 
-def _remove_network(network: _Network, done: Uninstalled) -> None:
-    with Rtnl() as rt:
-        present = links.dump(rt)
-        for name in sorted(network.bridges):
-            bridge = next((link for link in present if link.name == name), None)
-            if bridge is None or bridge.kind != "bridge":
-                continue
-            ports = [link.name for link in present if link.master == bridge.index]
-            if ports:
-                done.kept.append(f"bridge {name}: ports still attached ({', '.join(ports)})")
-                continue
-            links.delete(rt, bridge.index)
-            done.bridges.append(name)
-    done.masquerade_table = masq.delete_table_if_unused()
+def _remove_network(network: _Network, overlay: OverlayConfig | None, done: Uninstalled) -> None:
+    teardown.teardown(sorted(network.bridges), overlay, done)
     for data_dir, name in sorted(network.stores):
         store = Store(data_dir, name)
         if store.remove_if_empty():
@@ -151,15 +143,25 @@ def _remove_network(network: _Network, done: Uninstalled) -> None:
 
 
 def _remove_state(done: Uninstalled) -> None:
-    for directory in (Path(paths.records_dir()), Path(paths.state_dir())):
+    """The records' and state dirs if empty; the run dir's socket and free locks, then it."""
+    socket = Path(paths.socket_path())
+    if socket.is_socket():
+        socket.unlink()  # no agent answers on it (the caller asked)
+    locks.remove_free()
+    if done.masquerade_table:  # gone: no one masquerades through it any more
+        masq.remove_lock()
+    for directory in (
+        Path(paths.records_dir()),
+        Path(paths.state_dir()),
+        Path(paths.locks_dir()),
+        Path(paths.run_dir()),
+    ):
         try:
             directory.rmdir()
         except FileNotFoundError:
             pass
         except OSError as exc:
             done.kept.append(f"{directory}: {exc.strerror}")
-    # Locks, the nftables lock and a dead agent's socket: nothing in it outlives the agent.
-    shutil.rmtree(paths.run_dir(), ignore_errors=True)
 
 
 def _remove_install(tree_dir: Path, cni_bin_dir: Path, done: Uninstalled) -> None:

@@ -11,6 +11,8 @@ second agent in another network namespace) moves all of them with two variables:
 - ``LOXI_CNI_PROC_SYS`` (default ``/proc/sys``): where the kernel's sysctls are written. A
   container's own /proc/sys is read-only; the DaemonSet mounts the host's net sysctls
   elsewhere.
+- ``LOXI_CNI_LOG_DIR`` (default ``/var/log/loxi-cni``): the only directory where the agent
+  writes a network config's ``logFile``.
 
 Standard library only: the thin client imports this on every call.
 """
@@ -22,6 +24,7 @@ import os
 DEFAULT_STATE_DIR = "/var/lib/loxi-cni"
 DEFAULT_RUN_DIR = "/run/loxi-cni"
 DEFAULT_PROC_SYS = "/proc/sys"
+DEFAULT_LOG_DIR = "/var/log/loxi-cni"
 SOCKET_NAME = "agent.sock"
 
 
@@ -51,3 +54,11 @@ def nft_lock() -> str:
 
 def proc_sys() -> str:
     return os.environ.get("LOXI_CNI_PROC_SYS") or DEFAULT_PROC_SYS
+
+
+def log_dir() -> str:
+    return os.environ.get("LOXI_CNI_LOG_DIR") or DEFAULT_LOG_DIR
+
+
+def overlay_record() -> str:
+    return os.path.join(state_dir(), "overlay.json")

@@ -51,7 +51,7 @@ def apply_deploy(cp: ControlPlane) -> Path:
     cp.kubectl("apply", "-f", str(DEPLOY))  # as users do: the directory
     cp.kubectl(
         "wait", "--for=condition=Established", "--timeout=60s",
-        "crd/podnetworkinterfaces.loxicni.io",
+        "crd/podnetworkinterfaces.loxicni.io", "crd/nodenetworks.loxicni.io",
     )  # fmt: skip
     return cp.kubeconfig_for_token(cp.token_for(*AGENT_SA))
 
@@ -91,6 +91,13 @@ def masq_table() -> list[dict[str, Any]] | None:
         return None
     objs: list[dict[str, Any]] = json.loads(proc.stdout)["nftables"]
     return objs
+
+
+def run_dir_left(run_dir: Path) -> list[str]:
+    """What is left in a run dir after `loxi-cni uninstall`: nothing, but for the lock of the
+    host's nftables table while others' entries keep the table (other tests on this host)."""
+    left = sorted(p.name for p in run_dir.iterdir()) if run_dir.exists() else []
+    return [] if left == ["nft.lock"] and masq_table() is not None else left
 
 
 def drop_unused_masq_table() -> None:
@@ -175,6 +182,7 @@ class Cluster:
     pod_cidrs: list[str]
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
     grace_period: float = 120.0
+    extra_args: list[str] = field(default_factory=list)  # more agent options (--cross-node ...)
     proc: subprocess.Popen[bytes] | None = None
     netns: list[str] = field(default_factory=list)
     masq_table_existed: bool = field(default_factory=lambda: masq_table() is not None)
@@ -251,7 +259,8 @@ class Cluster:
             PLUGIN, "agent", "--socket", self.socket, "--metrics", "off",
             "--kubeconfig", str(self.kubeconfig), "--node-name", self.node,
             "--cni-conf-dir", str(self.conf_dir), "--cni-conf-template", str(template),
-            "--grace-period", str(self.grace_period), "--resync", "2",
+            "--cni-data-root", str(self.data_dir.parent),
+            "--grace-period", str(self.grace_period), "--resync", "2", *self.extra_args,
         ]  # fmt: skip
         env = {**os.environ, **self.env}
         with self.log.open("ab") as log:

@@ -206,6 +206,8 @@ RBAC_ALLOWED = [
     ("get", "podnetworkinterfaces.loxicni.io"), ("list", "podnetworkinterfaces.loxicni.io"),
     ("create", "podnetworkinterfaces.loxicni.io"), ("patch", "podnetworkinterfaces.loxicni.io"),
     ("delete", "podnetworkinterfaces.loxicni.io"),
+    ("get", "nodenetworks.loxicni.io"), ("create", "nodenetworks.loxicni.io"),
+    ("patch", "nodenetworks.loxicni.io"),
 ]  # fmt: skip
 RBAC_DENIED = [
     ("patch", "pods"), ("update", "pods"), ("create", "pods"), ("delete", "pods"),
@@ -217,6 +219,8 @@ RBAC_DENIED = [
     ("create", "serviceaccounts", "--subresource=token"),
     ("deletecollection", "podnetworkinterfaces.loxicni.io"),
     ("update", "podnetworkinterfaces.loxicni.io"),
+    ("list", "nodenetworks.loxicni.io"), ("delete", "nodenetworks.loxicni.io"),
+    ("update", "nodenetworks.loxicni.io"), ("deletecollection", "nodenetworks.loxicni.io"),
     ("create", "customresourcedefinitions.apiextensions.k8s.io"),
     ("update", "customresourcedefinitions.apiextensions.k8s.io"),
     ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
@@ -428,6 +432,7 @@ def test_deploy_manifests_are_what_a_cluster_runs(
     (agent,) = spec["containers"]
     assert init["image"] == agent["image"]  # one image (deploy/daemonset.yaml's &image)
     assert "--in-cluster" in agent["args"]
+    assert "--cross-node=auto" in agent["args"]  # a cluster network out of the box
     # Least privilege: no privileged container; the agent has exactly two capabilities.
     assert init["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert agent["securityContext"]["capabilities"] == {
@@ -443,7 +448,8 @@ def test_deploy_manifests_are_what_a_cluster_runs(
     cm = control_plane.get_json("configmap", "loxi-cni-config", "-n", "kube-system")
     assert json.loads(cm["data"]["cni-conf-template.json"])["plugins"][0]["type"] == "loxi-cni"
     host_paths = {v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
-    assert {"/opt/cni/bin", "/opt/loxi-cni", "/etc/cni/net.d", "/run/loxi-cni"} <= host_paths
+    expected = {"/opt/cni/bin", "/opt/loxi-cni", "/etc/cni/net.d", "/run/loxi-cni"}
+    assert expected | {"/var/lib/loxi-cni", "/var/log/loxi-cni"} <= host_paths
     assert "/opt" not in host_paths and "/" not in host_paths
     env = {e["name"]: e for e in agent["env"]}
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"

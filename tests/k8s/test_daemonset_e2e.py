@@ -7,14 +7,15 @@ other test).
 
 What the test changes in deploy/'s manifests, and why (the files users apply stay as shipped):
 - every hostPath the agent writes (/opt/cni/bin, /opt/loxi-cni, /etc/cni/net.d, /run/loxi-cni,
-  /var/lib/loxi-cni, /var/lib/cni) moves under a directory of the test's, mounted at that same
-  path in the agent, and the arguments and variables naming them follow: other tests and other
-  runs on this machine use the real ones at the same time. containerd's CRI gets the moved CNI
-  dirs, and the moved run and state dirs in its environment (libcni passes it on to loxi-cni).
-  So the init container installs the tree somewhere else than /opt/loxi-cni, as any
-  --tree-dir would;
-- the ConfigMap's network, bridge, veth prefix and host-local dataDir are the test's own, for
-  the same reason (the host's network namespace is shared);
+  /var/lib/loxi-cni, /var/lib/cni, /var/log/loxi-cni) moves under a directory of the test's,
+  mounted at that same path in the agent, and the arguments and variables naming them follow:
+  other tests and other runs on this machine use the real ones at the same time. containerd's
+  CRI gets the moved CNI dirs, and the moved run and state dirs in its environment (libcni
+  passes it on to loxi-cni). So the init container installs the tree somewhere else than
+  /opt/loxi-cni, as any --tree-dir would;
+- the ConfigMap's network, bridge, veth prefix and host-local dataDir, and the overlay's vxlan
+  devices, port and VNI, are the test's own, for the same reason (the host's network namespace
+  is shared);
 - the agent reaches the API server at its loopback address (KUBERNETES_SERVICE_HOST/PORT):
   no kube-proxy runs to make the `kubernetes` Service reachable; its metrics port is a free one;
 - the image named in the DaemonSet is the archive's, or for the upgrade, a second image made
@@ -59,6 +60,7 @@ from .cluster import (
     free_pod_cidr,
     node_ready,
     require,
+    run_dir_left,
     wait_pod_ready,
 )
 from .controlplane import CONTROLLERS, ControlPlane, find_binaries, host_ip
@@ -72,7 +74,7 @@ PORTMAP = Path("/usr/lib/cni/portmap")
 # What the agent writes on the host; the test moves each under a directory of its own.
 HOST_PATHS = (
     "/opt/cni/bin", "/opt/loxi-cni", "/etc/cni/net.d", "/run/loxi-cni", "/var/lib/loxi-cni",
-    "/var/lib/cni",
+    "/var/lib/cni", "/var/log/loxi-cni",
 )  # fmt: skip
 # The agent's capabilities, as deploy/daemonset.yaml grants them: CAP_NET_ADMIN, CAP_SYS_ADMIN.
 AGENT_CAPS = (1 << 12) | (1 << 21)
@@ -150,6 +152,19 @@ class Deployment:
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
     metrics_port: int = field(default_factory=free_port)
 
+    # The overlay's own settings, so no other vxlan device or port on this host is in the way.
+    @property
+    def vxlan_device(self) -> str:
+        return f"lxv{self.tag}"
+
+    @property
+    def vxlan_port(self) -> int:
+        return 40000 + int(self.tag, 16) % 20000
+
+    @property
+    def vxlan_vni(self) -> int:
+        return 1000 + int(self.tag, 16) % 1000
+
     @property
     def network(self) -> str:
         return f"ds-{self.tag}"
@@ -216,10 +231,15 @@ class Deployment:
             if "command" in container:
                 command = container["command"]
                 container["command"] = [command[0], *map(self._move, command[1:])]
+            own = {
+                "--metrics": f"127.0.0.1:{self.metrics_port}",
+                "--vxlan-device": self.vxlan_device,
+                "--vxlan-port": str(self.vxlan_port),
+                "--vxlan-vni": str(self.vxlan_vni),
+            }
             args = [self._move(a) for a in container.get("args", [])]
             container["args"] = [
-                f"--metrics=127.0.0.1:{self.metrics_port}" if a.startswith("--metrics=") else a
-                for a in args
+                f"{flag}={own[flag]}" if (flag := a.partition("=")[0]) in own else a for a in args
             ]
             for env in container.get("env", []):
                 if "value" in env:
@@ -291,6 +311,7 @@ class Deployment:
     def uninstall(self, *extra: str) -> subprocess.CompletedProcess[str]:
         """`loxi-cni uninstall` on the host, as a user runs it, with the moved paths."""
         argv = [str(self.host("/opt/cni/bin") / "loxi-cni"), "uninstall", *extra]
+        argv += ["--vxlan-device", self.vxlan_device]
         for flag, path in (
             ("--tree-dir", "/opt/loxi-cni"), ("--cni-bin-dir", "/opt/cni/bin"),
             ("--cni-conf-dir", "/etc/cni/net.d"),
@@ -307,9 +328,12 @@ class Deployment:
             "reservations": sorted(self.reservations()),
             "host-local store": (self.host("/var/lib/cni") / "networks" / self.network).exists(),
             "state dir": self.host("/var/lib/loxi-cni").exists(),
-            "run dir": self.host("/run/loxi-cni").exists(),
+            "run dir": run_dir_left(self.host("/run/loxi-cni")),
             "executable": (self.host("/opt/cni/bin") / "loxi-cni").exists(),
             "trees": self.host("/opt/loxi-cni").exists(),
+            "vxlan devices": [
+                ln["ifname"] for ln in links() if ln["ifname"].startswith(self.vxlan_device)
+            ],
         }
         return {what: left for what, left in found.items() if left}
 

@@ -22,6 +22,8 @@ from loxicni.agent.install import relocate, tree_of
 from loxicni.net import masq
 from tests.support.host import delete_links, links
 
+from .cluster import run_dir_left
+
 REPO = Path(__file__).resolve().parents[2]
 VENV = Path(os.environ.get("LOXI_CNI_VENV", "/opt/loxi-cni/venv"))
 HOST_ENV = {"PATH": "/usr/bin:/bin"}  # no Python of ours on it
@@ -206,8 +208,9 @@ def test_a_pod_through_the_installed_tree_then_uninstall(image_tree: Path, tmp_p
         assert not any(ln["ifname"] == bridge for ln in links())
         assert masq.masqueraded_attachments(network) == set()
         assert not (data_dir / network).exists() and not (data_dir / ".loxi-cni").exists()
-        for gone in ("var/lib/loxi-cni", "run/loxi-cni", "opt/loxi-cni", "opt/cni/bin/loxi-cni"):
+        for gone in ("var/lib/loxi-cni", "opt/loxi-cni", "opt/cni/bin/loxi-cni"):
             assert not (host.root / gone).exists(), gone
+        assert run_dir_left(host.root / "run" / "loxi-cni") == []
     finally:
         subprocess.run(["ip", "netns", "del", netns], capture_output=True, timeout=30)
         delete_links(bridge)
