@@ -22,7 +22,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from loxicni.net import masq
+from loxicni.net import masq, nft
 
 V4 = ip_interface("10.99.0.5/24")
 V6 = ip_interface("fd99::5/64")
@@ -227,7 +227,7 @@ def test_concurrent_adds_and_removes_do_not_interfere(new_net: Callable[[], str]
 
 def test_missing_nft_binary(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(masq, "SBIN_DIRS", str(tmp_path))
+    monkeypatch.setattr(nft, "SBIN_DIRS", str(tmp_path))
     with pytest.raises(masq.NftError) as info:
         masq.remove_masquerade("n", "c", "eth0")
     assert "nft" in info.value.what and "not found" in info.value.what
