@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from loxicni.base import paths, wire
 from loxicni.base.version import package_version
@@ -44,6 +45,7 @@ def _kube_options(args: argparse.Namespace) -> KubeOptions | None:
         conf_template=Path(args.cni_conf_template) if args.cni_conf_template else None,
         grace_period=args.grace_period,
         resync=args.resync,
+        network_policy=args.network_policy == "on",
     )
 
 
@@ -77,7 +79,30 @@ def _status(args: argparse.Namespace) -> int:
         print(f"quarantined record (left untouched): {bad}")
     for network, count in sorted(info["addressesInUse"].items()):
         print(f"addresses in use, {network}: {count}")
+    if "networkPolicy" in info:
+        _print_network_policy(info["networkPolicy"])
     return code
+
+
+def _print_network_policy(policy: dict[str, Any]) -> None:
+    if "error" in policy:
+        print(f"network policy: cannot report ({policy['error']})")
+        return
+    state = "in step with the API" if policy["synced"] else "catching up"
+    isolated = policy["isolated"]
+    print(
+        f"network policy: {policy['policies']} policies, {state}; pods isolated for ingress "
+        f"{isolated['ingress']}, for egress {isolated['egress']}; last update "
+        f"{policy['lastUpdateSeconds']} s"
+    )
+    for ref, sel in sorted(policy.get("selectedPods", {}).items()):
+        ingress = ", ".join(sel["ingress"]) or "-"
+        egress = ", ".join(sel["egress"]) or "-"
+        print(f"pod {ref}: ingress {ingress}; egress {egress}")
+    for ref, why in sorted(policy.get("unenforceable", {}).items()):
+        print(f"policy {ref} not enforced: {why}")
+    if policy.get("lastError"):
+        print(f"network policy error: {policy['lastError']}")
 
 
 def _add_version(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -141,6 +166,12 @@ def _add_kube_options(p: argparse.ArgumentParser) -> None:
         default=DEFAULT_RESYNC,
         metavar="SECONDS",
         help="full resync of the custom resources this often (default %(default)s)",
+    )
+    kube.add_argument(
+        "--network-policy",
+        choices=("on", "off"),
+        default="on",
+        help="enforce NetworkPolicy for this node's pods with nftables (default %(default)s)",
     )
 
 

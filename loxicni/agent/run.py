@@ -18,6 +18,7 @@ from loxicni.base.version import package_version
 from loxicni.ipam import store
 
 if TYPE_CHECKING:
+    from loxicni.k8s.controller import Controller
     from loxicni.k8s.options import KubeOptions
 
 log = get_logger(__name__)
@@ -65,7 +66,23 @@ def _start_kubernetes(kube: KubeOptions, server: AgentServer, agent: AgentState)
     controller = Controller.from_options(kube, server.reaper)
     server.listeners.append(controller.attachment_changed)
     agent.sections["kubernetes"] = controller.status
+    if kube.network_policy:
+        _start_network_policy(kube, controller, server, agent)
     controller.start()
+
+
+def _start_network_policy(
+    kube: KubeOptions, controller: Controller, server: AgentServer, agent: AgentState
+) -> None:
+    from loxicni.k8s.netpol.controller import PolicyController
+
+    policy = PolicyController(kube.node_name, controller.api.client, resync=kube.resync)
+    server.listeners.append(policy.attachment_changed)
+    agent.sections["networkPolicy"] = policy.status
+    agent.metrics.sources.append(policy.render_metrics)
+    controller.policies_of = policy.selected_by
+    policy.on_selection_changed.append(controller.wake.set)
+    policy.start()
 
 
 def _stop_on_signals(server: AgentServer) -> None:

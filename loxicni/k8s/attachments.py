@@ -115,8 +115,15 @@ def node_label(node: str) -> str:
     return "h-" + hashlib.sha256(node.encode()).hexdigest()[:40]
 
 
-def resource_body(att: Attachment, node: str, uid: str, state: str = READY) -> dict[str, Any]:
-    """The PodNetworkInterface of an attachment, owned by its Pod (``uid``), for an apply."""
+def resource_body(
+    att: Attachment,
+    node: str,
+    uid: str,
+    state: str = READY,
+    policies: tuple[list[str], list[str]] | None = None,
+) -> dict[str, Any]:
+    """The PodNetworkInterface of an attachment, owned by its Pod (``uid``), for an apply;
+    ``policies``: the NetworkPolicies selecting the pod (for ingress, for egress)."""
     spec: dict[str, Any] = {
         "podName": att.pod.name,
         "podUID": uid,
@@ -134,6 +141,9 @@ def resource_body(att: Attachment, node: str, uid: str, state: str = READY) -> d
         spec["mac"] = att.mac
     if att.mtu:
         spec["mtu"] = att.mtu
+    status: dict[str, Any] = {"state": state}
+    if policies is not None:
+        status["policies"] = {"ingress": policies[0], "egress": policies[1]}
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,
@@ -153,7 +163,7 @@ def resource_body(att: Attachment, node: str, uid: str, state: str = READY) -> d
             ],
         },
         "spec": spec,
-        "status": {"state": state},
+        "status": status,
     }
 
 

@@ -29,3 +29,4 @@ class KubeOptions:
     conf_template: Path | None = None  # None: the built-in template
     grace_period: float = DEFAULT_GRACE_PERIOD
     resync: float = DEFAULT_RESYNC
+    network_policy: bool = True  # enforce NetworkPolicy for this node's pods

@@ -204,6 +204,8 @@ RBAC_ALLOWED = [
     ("get", "podnetworkinterfaces.loxicni.io"), ("list", "podnetworkinterfaces.loxicni.io"),
     ("create", "podnetworkinterfaces.loxicni.io"), ("patch", "podnetworkinterfaces.loxicni.io"),
     ("delete", "podnetworkinterfaces.loxicni.io"),
+    ("list", "namespaces"), ("watch", "namespaces"),
+    ("list", "networkpolicies.networking.k8s.io"), ("watch", "networkpolicies.networking.k8s.io"),
 ]  # fmt: skip
 RBAC_DENIED = [
     ("patch", "pods"), ("update", "pods"), ("create", "pods"), ("delete", "pods"),
@@ -221,6 +223,11 @@ RBAC_DENIED = [
     ("escalate", "clusterroles.rbac.authorization.k8s.io"),
     ("create", "daemonsets.apps"), ("create", "customresourcedefinitions"),
     ("list", "events"),
+    ("get", "namespaces"), ("patch", "namespaces"), ("create", "namespaces"),
+    ("delete", "namespaces"),
+    ("get", "networkpolicies.networking.k8s.io"), ("create", "networkpolicies.networking.k8s.io"),
+    ("patch", "networkpolicies.networking.k8s.io"),
+    ("delete", "networkpolicies.networking.k8s.io"),
 ]  # fmt: skip
 
 
