@@ -9,13 +9,15 @@ import signal
 import threading
 from typing import TYPE_CHECKING
 
-from loxicni.agent import state
+from loxicni.agent import state, teardown
 from loxicni.agent.metrics import Metrics
 from loxicni.agent.metrics_http import start_metrics
 from loxicni.agent.server import AgentServer, AgentState, container_id
 from loxicni.base.logs import get_logger
 from loxicni.base.version import package_version
 from loxicni.ipam import store
+from loxicni.net.errors import OverlayError
+from loxicni.net.nft import NftError
 
 if TYPE_CHECKING:
     from loxicni.k8s.controller import Controller
@@ -66,9 +68,21 @@ def _start_kubernetes(kube: KubeOptions, server: AgentServer, agent: AgentState)
     controller = Controller.from_options(kube, server.reaper)
     server.listeners.append(controller.attachment_changed)
     agent.sections["kubernetes"] = controller.status
+    config = kube.overlay()
+    try:
+        teardown.remove_leftovers(config)
+    except (OverlayError, NftError, OSError) as exc:
+        log.error("cannot remove the overlay of an earlier run: %s", exc)
+    if config is not None:
+        from loxicni.k8s.crossnode import CrossNode
+
+        cross = CrossNode(kube, controller.api, config, controller.nodeconf)
+        agent.sections["crossNode"] = cross.report
+        agent.metrics.sources.append(cross.metrics)
+        cross.start()
     if kube.network_policy:
         _start_network_policy(kube, controller, server, agent)
-    controller.start()
+    controller.start(watch_node=config is None)
 
 
 def _start_network_policy(

@@ -43,3 +43,7 @@ def locks_dir() -> str:
 
 def nft_lock() -> str:
     return os.path.join(run_dir(), "nft.lock")
+
+
+def overlay_record() -> str:
+    return os.path.join(state_dir(), "overlay.json")

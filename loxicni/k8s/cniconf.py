@@ -81,18 +81,36 @@ def pod_networks(pod_cidrs: Sequence[str]) -> list[ipaddress.IPv4Network | ipadd
     return out
 
 
-def render(template: Mapping[str, Any], pod_cidrs: Sequence[str]) -> dict[str, Any]:
-    """The conflist for a node with ``pod_cidrs``; the template itself is left untouched."""
+def _our_plugin(conflist: Mapping[str, Any]) -> dict[str, Any] | None:
+    return next(
+        (p for p in conflist["plugins"] if isinstance(p, dict) and p.get("type") == PLUGIN_TYPE),
+        None,
+    )
+
+
+def sets_mtu(template: Mapping[str, Any]) -> bool:
+    """Whether the template sets the pod MTU itself (then it is kept as it is)."""
+    try:
+        plugin = _our_plugin(_as_conflist(dict(template)))
+    except TemplateError:
+        return False
+    return plugin is not None and "mtu" in plugin
+
+
+def render(
+    template: Mapping[str, Any], pod_cidrs: Sequence[str], mtu: int | None = None
+) -> dict[str, Any]:
+    """The conflist for a node with ``pod_cidrs``; the template itself is left untouched.
+    ``mtu``: the pod MTU where the template sets none (the cross-node overlay's)."""
     networks = pod_networks(pod_cidrs)
     if not networks:
         raise TemplateError("the Node has no pod CIDR")
     conflist = _as_conflist(copy.deepcopy(dict(template)))
-    plugin = next(
-        (p for p in conflist["plugins"] if isinstance(p, dict) and p.get("type") == PLUGIN_TYPE),
-        None,
-    )
+    plugin = _our_plugin(conflist)
     if plugin is None:
         raise TemplateError(f'the template has no plugin of type "{PLUGIN_TYPE}"')
+    if mtu is not None:
+        plugin.setdefault("mtu", mtu)
     ipam = plugin.setdefault("ipam", {"type": "host-local"})
     if not isinstance(ipam, dict) or ipam.get("type", "host-local") != "host-local":
         raise TemplateError("the pod CIDR goes to a host-local IPAM; the template has another")

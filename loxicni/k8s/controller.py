@@ -30,6 +30,7 @@ from loxicni.k8s import attachments
 from loxicni.k8s.api import Api, ApiError, Node, Pod, connect
 from loxicni.k8s.attachments import Attachment
 from loxicni.k8s.backoff import Backoff
+from loxicni.k8s.group import NODE_LABEL
 from loxicni.k8s.nodeconf import NodeConfWriter
 from loxicni.k8s.options import KubeOptions
 from loxicni.k8s.pods import PodCache, PodInfo, pod_info
@@ -49,7 +50,7 @@ def _fingerprint(obj: dict[str, Any]) -> str:
     """What we own of a PodNetworkInterface, comparable between ours and the API's."""
     meta = obj.get("metadata") or {}
     owners = [o.get("uid") for o in meta.get("ownerReferences") or []]
-    labels = {attachments.NODE_LABEL: (meta.get("labels") or {}).get(attachments.NODE_LABEL)}
+    labels = {NODE_LABEL: (meta.get("labels") or {}).get(NODE_LABEL)}
     return json.dumps(
         [obj.get("spec"), obj.get("status"), labels, owners], sort_keys=True, default=str
     )
@@ -122,9 +123,12 @@ class Controller:
         return cls(options, Api(connect(options.kubeconfig), options.node_name), reaper)
 
     # ---------------------------------------------------------------------- lifecycle
-    def start(self) -> None:
+    def start(self, *, watch_node: bool = True) -> None:
+        """``watch_node=False``: someone else feeds ``nodeconf`` this node's Node (the
+        cross-node overlay, which watches every Node anyway)."""
         self.pod_watch.start()
-        self.node_watch.start()
+        if watch_node:
+            self.node_watch.start()
         threading.Thread(target=self._run, name="k8s-sync", daemon=True).start()
         log.info(
             "Kubernetes mode: node %s, grace period %.0f s, resync %.0f s",

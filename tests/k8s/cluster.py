@@ -51,7 +51,7 @@ def apply_deploy(cp: ControlPlane) -> Path:
         cp.kubectl("apply", "-f", str(DEPLOY / name))
     cp.kubectl(
         "wait", "--for=condition=Established", "--timeout=60s",
-        "crd/podnetworkinterfaces.loxicni.io",
+        "crd/podnetworkinterfaces.loxicni.io", "crd/nodenetworks.loxicni.io",
     )  # fmt: skip
     return cp.kubeconfig_for_token(cp.token_for(*AGENT_SA))
 
@@ -111,6 +111,7 @@ class Cluster:
     pod_cidrs: list[str]
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
     grace_period: float = 120.0
+    extra_args: list[str] = field(default_factory=list)  # more agent options (--cross-node ...)
     proc: subprocess.Popen[bytes] | None = None
     netns: list[str] = field(default_factory=list)
     masq_table_existed: bool = field(default_factory=lambda: masq_table() is not None)
@@ -186,7 +187,7 @@ class Cluster:
             PLUGIN, "agent", "--socket", self.socket, "--metrics", "off",
             "--kubeconfig", str(self.kubeconfig), "--node-name", self.node,
             "--cni-conf-dir", str(self.conf_dir), "--cni-conf-template", str(template),
-            "--grace-period", str(self.grace_period), "--resync", "2",
+            "--grace-period", str(self.grace_period), "--resync", "2", *self.extra_args,
             "--network-policy", "on" if self.network_policy else "off",
         ]  # fmt: skip
         env = {**os.environ, **self.env}

@@ -523,8 +523,9 @@ class ControlPlane:
         Its API (exec, logs, port-forward through the API server) listens on 127.0.0.1, which
         the API server cannot reach: the kubelet refuses a loopback node IP, so the Node's
         InternalIP is another address. With `node_ip` (one of the host's addresses, see
-        `host_ip`) it listens there and reports it as the InternalIP, so `kubectl exec` works;
-        a client needs a certificate of the throwaway CA (the API server has one).
+        `host_ip`; or "IPv4,IPv6" for a dual-stack node) it listens there (on the first) and
+        reports it as the InternalIP(s), so `kubectl exec` works; a client needs a certificate
+        of the throwaway CA (the API server has one).
 
         Made to leave the host as found: root dir, pod logs and volume plugins in the work dir,
         Pod cgroups under `cgroup_root` (give the runtime's cleanup the same one), cgroup v1
@@ -569,7 +570,7 @@ class ControlPlane:
             "cgroupRoot": cgroup_root,
             "failCgroupV1": False,  # the kubelet refuses cgroup v1 hosts by default since 1.35
             "failSwapOn": False,
-            "address": node_ip or "127.0.0.1",
+            "address": node_ip.split(",")[0] if node_ip else "127.0.0.1",
             "port": free_port(),
             "readOnlyPort": 0,
             "healthzBindAddress": "127.0.0.1",

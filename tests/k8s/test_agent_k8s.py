@@ -206,6 +206,8 @@ RBAC_ALLOWED = [
     ("delete", "podnetworkinterfaces.loxicni.io"),
     ("list", "namespaces"), ("watch", "namespaces"),
     ("list", "networkpolicies.networking.k8s.io"), ("watch", "networkpolicies.networking.k8s.io"),
+    ("get", "nodenetworks.loxicni.io"), ("create", "nodenetworks.loxicni.io"),
+    ("patch", "nodenetworks.loxicni.io"),
 ]  # fmt: skip
 RBAC_DENIED = [
     ("patch", "pods"), ("update", "pods"), ("create", "pods"), ("delete", "pods"),
@@ -217,6 +219,8 @@ RBAC_DENIED = [
     ("create", "serviceaccounts", "--subresource=token"),
     ("deletecollection", "podnetworkinterfaces.loxicni.io"),
     ("update", "podnetworkinterfaces.loxicni.io"),
+    ("list", "nodenetworks.loxicni.io"), ("delete", "nodenetworks.loxicni.io"),
+    ("update", "nodenetworks.loxicni.io"), ("deletecollection", "nodenetworks.loxicni.io"),
     ("create", "customresourcedefinitions.apiextensions.k8s.io"),
     ("update", "customresourcedefinitions.apiextensions.k8s.io"),
     ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
@@ -340,6 +344,7 @@ def test_deploy_manifests_are_what_a_cluster_runs(
     assert init["command"] == ["/opt/loxi-cni/install-host.sh"]
     (agent,) = spec["containers"]
     assert "--in-cluster" in agent["args"]
+    assert "--cross-node=auto" in agent["args"]  # a cluster network out of the box
     template_arg = next(a for a in agent["args"] if a.startswith("--cni-conf-template="))
     mount = next(m for m in agent["volumeMounts"] if m["name"] == "template")
     assert template_arg.split("=", 1)[1].startswith(mount["mountPath"] + "/")

@@ -18,7 +18,7 @@ import pytest
 from lightkube import ApiError
 from lightkube.models.meta_v1 import Status
 
-from loxicni.k8s import attachments, cniconf
+from loxicni.k8s import attachments, cniconf, group
 from loxicni.k8s.backoff import Backoff
 from loxicni.k8s.controller import Controller
 from loxicni.k8s.options import KubeOptions
@@ -159,7 +159,7 @@ def test_resource_body_and_network_status() -> None:
     assert att is not None
     body = attachments.resource_body(att, "node-1", "u-1")
     assert body["metadata"]["ownerReferences"][0]["uid"] == "u-1"
-    assert body["metadata"]["labels"] == {attachments.NODE_LABEL: "node-1"}
+    assert body["metadata"]["labels"] == {group.NODE_LABEL: "node-1"}
     assert body["spec"]["hostInterface"] == "loxi0123456789a"
     assert (body["spec"]["mac"], body["spec"]["mtu"], body["spec"]["vlan"]) == (
         "0a:58:0a:f4:03:05", 1450, 12,
@@ -175,7 +175,7 @@ def test_resource_body_and_network_status() -> None:
          "mac": "0a:58:0a:f4:03:05", "mtu": 1450, "default": False,
          "gateway": ["10.244.3.1", "fd00::1"], "dns": {}},
     ]  # fmt: skip
-    assert len(attachments.node_label("n" * 200)) <= 63
+    assert len(group.node_label("n" * 200)) <= 63
 
 
 # ------------------------------------------------------------------------------ watcher

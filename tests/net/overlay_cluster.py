@@ -240,14 +240,14 @@ SIGNALS = {
 }
 
 
-def path_mtu_signals(node: Node) -> dict[str, int]:
-    """The counters that move when ``node`` forwards a packet too big for its next hop (it
-    drops it and asks the sender for smaller ones: the ICMP a firewall may eat, leaving a
-    black hole)."""
+def path_mtu_signals(ns: str) -> dict[str, int]:
+    """The counters that move when the node of netns ``ns`` forwards a packet too big for its
+    next hop (it drops it and asks the sender for smaller ones: the ICMP a firewall may eat,
+    leaving a black hole)."""
     out: dict[str, int] = {}
     for path in ("/proc/net/snmp", "/proc/net/snmp6"):
         text = subprocess.run(
-            ["ip", "netns", "exec", node.ns, "cat", path],
+            ["ip", "netns", "exec", ns, "cat", path],
             capture_output=True,
             text=True,
             check=True,
