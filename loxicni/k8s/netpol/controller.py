@@ -280,25 +280,35 @@ class PolicyController:
     # -------------------------------------------------------------------------- apply
     def _run(self) -> None:
         delay = self.resync
+        failed = False
         while not self.stop_event.is_set():
             woken = self.wake.wait(delay)
             self.wake.clear()
             if self.stop_event.is_set():
                 return
-            if not woken and self.table.applied is not None and not self.table.exists():
-                log.warning("the network policy table is gone; rebuilding it")
-                self.table.applied = None
+            if not woken and not failed and self.table.applied is not None:
+                # The periodic check: is the table still there? Nothing else to do if so.
+                if self.table.exists():
+                    with self.lock:
+                        if self.applied_version == self.version:
+                            continue
+                else:
+                    log.warning("the network policy table is gone; rebuilding it")
+                    self.table.applied = None
             try:
                 self.apply()
                 self.backoff.reset()
                 delay = self.resync
+                failed = False
             except NftError as exc:
                 delay = self.backoff.next_delay()
+                failed = True
                 self.last_error = str(exc)
                 self.metrics.errors += 1
                 log.error("network policy: %s; retrying in %.1f s", exc, delay)
             except Exception:
                 delay = self.backoff.next_delay()
+                failed = True
                 self.metrics.errors += 1
                 log.exception("network policy apply failed; retrying in %.1f s", delay)
 
