@@ -57,6 +57,7 @@ class World:
     pods: dict[str, KPod] = field(default_factory=dict)  # by namespace/name
     namespaces: list[str] = field(default_factory=list)
     servers: Servers = field(default_factory=Servers)
+    externals: list[str] = field(default_factory=list)  # addresses outside the cluster
 
     # -- the API
     def namespace(self, name: str, labels: Mapping[str, str]) -> None:
@@ -155,6 +156,28 @@ class World:
         for node in self.sim.nodes:
             wait_for(f"{node.name} to enforce {sorted(rvs)}", lambda n=node: done(n), timeout)
 
+    # -- outside the cluster
+    def add_externals(self, ips: Iterable[str]) -> None:
+        """Addresses outside the cluster, held by the router (the pods' way out); the router
+        is given routes back to every node's pod CIDRs, so they can be sources too."""
+        router = self.sim.router
+        script = ""
+        for ip in ips:
+            script += f"addr add {ip}/{128 if ':' in ip else 32} dev lo\n"
+            self.externals.append(ip)
+        for node in self.sim.nodes:
+            script += f"route replace {node.pod4} via {node.ipv4}\n"
+            script += f"route replace {node.pod6} via {node.ipv6}\n"
+        subprocess.run(["ip", "-n", router, "-batch", "-"], input=script.encode(), check=True,
+                       timeout=30)  # fmt: skip
+
+    def endpoint(self, key: str, family: int) -> tuple[str, str]:
+        """(netns, address) of a pod ("namespace/name") or of an outside address."""
+        if key in self.pods:
+            return self.pods[key].netns, self.pods[key].ips[family]
+        assert key in self.externals, key
+        return self.sim.router, key
+
     # -- traffic
     def listen(self, ports: Iterable[tuple[int, str]]) -> None:
         self.servers.listen(
@@ -163,16 +186,21 @@ class World:
             for ip in p.ips.values()
             for port, proto in ports
         )
+        self.servers.listen(
+            (self.sim.router, ip, port, proto) for ip in self.externals for port, proto in ports
+        )
 
     def probe(
         self, probes: Iterable[tuple[str, str, int, str, int]], timeout: float = 0.8
     ) -> dict[tuple[str, str, int, str, int], bool]:
         """(source ref, destination ref, port, protocol, family) -> got through."""
-        keyed = {
-            key: Probe(self.pods[key[0]].netns, self.pods[key[1]].netns,
-                       self.pods[key[1]].ips[key[4]], key[2], key[3])
-            for key in probes
-        }  # fmt: skip
+        keyed = {}
+        for key in probes:
+            src, src_ip = self.endpoint(key[0], key[4])
+            dst, dst_ip = self.endpoint(key[1], key[4])
+            # An outside source sends from its own address, not the router's.
+            bind = src_ip if key[0] in self.externals else ""
+            keyed[key] = Probe(src, dst, dst_ip, key[2], key[3], bind)
         got = run_probes(keyed.values(), self.servers, timeout)
         return {key: got[p] for key, p in keyed.items()}
 

@@ -39,6 +39,7 @@ class Probe:
     ip: str  # destination address
     port: int
     protocol: str  # tcp | udp | sctp
+    src_ip: str = ""  # bind the source to this address ("": the kernel's choice)
 
     def __str__(self) -> str:
         return f"{self.src}->{self.dst} {self.ip} {self.protocol}/{self.port}"
@@ -240,6 +241,8 @@ def _run_once(probes: list[Probe], servers: Servers, timeout: float) -> dict[Pro
             socks += made
             for p, sock in zip(items, made, strict=True):
                 sock.setblocking(False)
+                if p.src_ip:
+                    sock.bind((p.src_ip, 0))
                 addr = (p.ip, p.port)
                 if p.protocol == "tcp":
                     err = sock.connect_ex(addr)

@@ -11,7 +11,7 @@ from loxicni.k8s.netpol.compiler import Compiler
 from loxicni.k8s.netpol.model import BadPolicy, PodView, Policy, parse_policy
 from loxicni.k8s.netpol.selector import Selector
 from loxicni.net import policy_table as pt
-from tests.netpol.interpret import allowed
+from tests.policy.interpret import allowed
 
 NODE = "n1"
 
