@@ -39,7 +39,7 @@ reference-plugins:
 test: install dev lint reference-plugins runtimes-deps
 	LOXI_CNI_BIN=$(CNI_BIN_DIR)/loxi-cni \
 	LOXI_REFERENCE_CNI_DIR=$$(bash scripts/reference-plugins.sh) \
-	$(DEV_VENV)/bin/pytest -q tests --ignore=tests/k8s
+	$(DEV_VENV)/bin/pytest -q tests --ignore=tests/k8s --ignore=tests/netpol
 
 demo: install
 	@bash scripts/demo.sh $(CNI_BIN_DIR)/loxi-cni
@@ -91,9 +91,21 @@ k8s-deps:
 test-k8s: dev k8s-deps
 	LOXI_K8S_REQUIRED=1 $(DEV_VENV)/bin/pytest -q tests/k8s
 
+# The NetworkPolicy oracle of tests/netpol (cyclonus's matcher with the API server's own
+# defaulting, validation and selectors), built from the Go module proxy into
+# /var/cache/loxi-cni/netpol-oracle-* on first use; its tests and the corpus need no cluster.
+.PHONY: netpol-oracle test-netpol
+netpol-oracle:
+	@bash scripts/k8s/netpol-oracle.sh >/dev/null
+
+test-netpol: dev netpol-oracle
+	LOXI_K8S_REQUIRED=1 $(DEV_VENV)/bin/pytest -q tests/netpol
+
 # The agent's Kubernetes mode end to end: the real control plane, deploy/'s manifests, pod
 # sandboxes through containerd's CRI and direct execs, and a real kubelet running Pods on
-# loxi-cni (tests/k8s). A missing binary or tool fails, never skips.
+# loxi-cni (tests/k8s); the NetworkPolicy oracle and corpus (tests/netpol). A missing binary
+# or tool fails, never skips.
 .PHONY: e2e
-e2e: install dev k8s-deps runtimes-deps
-	LOXI_K8S_REQUIRED=1 LOXI_CNI_BIN=$(CNI_BIN_DIR)/loxi-cni $(DEV_VENV)/bin/pytest -q tests/k8s
+e2e: install dev k8s-deps netpol-oracle runtimes-deps
+	LOXI_K8S_REQUIRED=1 LOXI_CNI_BIN=$(CNI_BIN_DIR)/loxi-cni \
+		$(DEV_VENV)/bin/pytest -q tests/k8s tests/netpol

@@ -14,6 +14,7 @@ from loxicni.k8s.options import (
     CROSS_NODE_MODES,
     DEFAULT_CONF_DIR,
     DEFAULT_CONF_NAME,
+    DEFAULT_DATA_ROOT,
     DEFAULT_GRACE_PERIOD,
     DEFAULT_RESYNC,
     DEFAULT_VXLAN_DEVICE,
@@ -49,6 +50,7 @@ def _kube_options(args: argparse.Namespace) -> KubeOptions | None:
         conf_dir=Path(args.cni_conf_dir) if args.cni_conf_dir else None,
         conf_name=args.cni_conf_name,
         conf_template=Path(args.cni_conf_template) if args.cni_conf_template else None,
+        data_root=Path(args.cni_data_root),
         grace_period=args.grace_period,
         resync=args.resync,
         network_policy=args.network_policy == "on",
@@ -226,6 +228,12 @@ def _add_kube_options(p: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="the operator's config (a .conf or .conflist, e.g. from a ConfigMap); the Node's "
         "pod CIDRs become its host-local ranges (default: a built-in bridge config)",
+    )
+    kube.add_argument(
+        "--cni-data-root",
+        default=DEFAULT_DATA_ROOT,
+        metavar="DIR",
+        help="the template's ipam.dataDir must be in this directory (default %(default)s)",
     )
     kube.add_argument(
         "--grace-period",

@@ -13,7 +13,8 @@ from loxicni.agent import state, teardown
 from loxicni.agent.metrics import Metrics
 from loxicni.agent.metrics_http import start_metrics
 from loxicni.agent.server import AgentServer, AgentState, container_id
-from loxicni.base.logs import get_logger
+from loxicni.base import paths
+from loxicni.base.logs import confine_log_files, get_logger
 from loxicni.base.version import package_version
 from loxicni.ipam import store
 from loxicni.net.errors import OverlayError
@@ -37,6 +38,9 @@ class _ContainerFilter(logging.Filter):
 
 
 def _agent_logging() -> None:
+    # A network's logFile: written per request, and only in the log directory (the agent is
+    # root, and serves every network on the node).
+    confine_log_files(paths.log_dir())
     for handler in logging.getLogger().handlers:
         handler.addFilter(_ContainerFilter())
         handler.setFormatter(logging.Formatter(LOG_FORMAT))

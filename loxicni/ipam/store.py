@@ -155,12 +155,12 @@ class Store:
             content = self._read(self._path(ip))
         return None if content is None else owner_of(content)
 
-    def reserved_at(self, ip: IPAddress) -> float:
-        """When ``ip`` was reserved (its file's mtime); 0 if it is free."""
+    def reserved_at_ns(self, ip: IPAddress) -> int:
+        """When ``ip`` was reserved (its file's mtime, in ns); 0 if it is free."""
         try:
-            return os.stat(self._path(ip), follow_symlinks=False).st_mtime
+            return os.stat(self._path(ip), follow_symlinks=False).st_mtime_ns
         except FileNotFoundError:
-            return 0.0
+            return 0
 
     def reserve(self, ip: IPAddress, container_id: str, ifname: str, range_set_index: int) -> bool:
         """Reserve ``ip`` for the attachment; False if it is taken. Records last_reserved_ip."""

@@ -91,6 +91,9 @@ class Controller:
         self.published: dict[tuple[str, str], str] | None = None  # (ns, name) -> fingerprint
         self.annotated: dict[str, str] = {}  # pod UID -> the network-status we wrote
         self.orphan_since: dict[str, float] = {}  # record key -> monotonic time first missed
+        # Resources the API refused as they are (say, a namespace being deleted): not sent
+        # again until they change or the next relist.
+        self.refused: dict[tuple[str, str], str] = {}
         self.last_relist = 0.0
         self.syncs = 0
         self.released_total = 0
@@ -234,6 +237,7 @@ class Controller:
         hand comes back), else as we last wrote them."""
         if self.published is None or now - self.last_relist >= self.options.resync:
             self.published = {k: _fingerprint(v) for k, v in self.api.interfaces().items()}
+            self.refused.clear()
             self.last_relist = now
             self.nodeconf.refresh()
         return self.published
@@ -308,8 +312,9 @@ class Controller:
         """Apply what differs, mark orphans, delete what no record backs."""
         for where, body in plan.desired.items():
             fingerprint = _fingerprint(body)
-            if published.get(where) != fingerprint:
-                self.api.apply_interface(body)
+            if published.get(where) == fingerprint or self.refused.get(where) == fingerprint:
+                continue
+            if self._apply(where, body, fingerprint):
                 published[where] = fingerprint
                 report.applied += 1
         for where, body in plan.orphaned.items():
@@ -325,6 +330,25 @@ class Controller:
             self.api.delete_interface(*where)
             del published[where]
             report.deleted += 1
+
+    def _apply(self, where: tuple[str, str], body: dict[str, Any], fingerprint: str) -> bool:
+        """Apply one resource; False if the API refuses this one (the others still go)."""
+        try:
+            self.api.apply_interface(body)
+        except ApiError as exc:
+            code = exc.status.code or 0
+            if code < 400 or code >= 500 or code in (401, 429):
+                raise  # the API, not this resource: the whole sync backs off
+            log.warning(
+                "the API refused PodNetworkInterface %s/%s (%d): %s",
+                *where,
+                code,
+                exc.status.message,
+            )
+            self.refused[where] = fingerprint
+            return False
+        self.refused.pop(where, None)
+        return True
 
     def _annotate_pods(self, by_pod: dict[str, list[Attachment]], report: SyncReport) -> None:
         for uid, atts in by_pod.items():

@@ -113,6 +113,7 @@ class CrossNode:
         self.changes_total: Counter[str] = Counter()
         self._masq_done: frozenset[IPNetwork] | None = None
         self._published = ""  # fingerprint of the NodeNetwork last written
+        self._publish_error = ""  # why the last write failed (logged once)
         self._published_at = 0.0
         self._transition = ""
         self._was_ready: bool | None = None
@@ -305,7 +306,7 @@ class CrossNode:
         vxlan_ = report.paths.get("vxlan", set()) - errors.keys()
         if report.failures:
             reason = nodenetwork.SYNC_FAILED
-            message = f"{len(report.failures)} kernel requests refused: {report.failures[0]}"
+            message = f"{len(report.failures)} changes failed, the first: {report.failures[0]}"
         elif errors:
             reason = nodenetwork.PEERS_SKIPPED
             message = "; ".join(f"{p}: {', '.join(e)}" for p, e in sorted(errors.items()))
@@ -413,9 +414,12 @@ class CrossNode:
                 return
             self.api.apply_node_network(body)
             self._published, self._published_at = mine, now
+            self._publish_error = ""
         except API_ERRORS as exc:
-            self._published = ""
-            log.warning("cannot write NodeNetwork %s: %s", self.name, exc)
+            self._published = ""  # try again at the next sync
+            if str(exc) != self._publish_error:
+                log.warning("cannot write NodeNetwork %s: %s", self.name, exc)
+            self._publish_error = str(exc)
 
     # ------------------------------------------------------------------ reporting
     def report(self) -> dict[str, Any]:
@@ -450,6 +454,7 @@ class CrossNode:
                 "ready": s.ready,
                 "reason": s.reason,
                 "message": s.message,
+                "nodeNetworkError": self._publish_error,
             }
 
     def metrics(self) -> list[str]:

@@ -61,7 +61,9 @@ class NodeConfWriter:
                 ):
                     self.error = "waiting for the cross-node overlay's pod MTU"
                     return
-                conf = cniconf.render(template, self.pod_cidrs, self.mtu)
+                conf = cniconf.render(
+                    template, self.pod_cidrs, self.mtu, str(self.options.data_root)
+                )
                 if cniconf.write_atomically(path, conf):
                     self.written += 1
                     log.info("wrote %s for pod CIDRs %s", path, ", ".join(self.pod_cidrs))

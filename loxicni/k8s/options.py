@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
 DEFAULT_CONF_DIR = "/etc/cni/net.d"
 DEFAULT_CONF_NAME = "10-loxi-cni.conflist"
+DEFAULT_DATA_ROOT = "/var/lib/cni"  # the host-local store's home; the DaemonSet mounts it
 # The kubelet normally DELs before it deletes the Pod object; a force-deleted Pod's sandbox is
 # torn down a little later. Two minutes leaves the runtime ample time before we step in.
 DEFAULT_GRACE_PERIOD = 120.0
@@ -37,6 +38,7 @@ class KubeOptions:
     conf_dir: Path | None = Path(DEFAULT_CONF_DIR)  # None: leave the CNI config alone
     conf_name: str = DEFAULT_CONF_NAME
     conf_template: Path | None = None  # None: the built-in template
+    data_root: Path = Path(DEFAULT_DATA_ROOT)  # where the template's ipam.dataDir may be
     grace_period: float = DEFAULT_GRACE_PERIOD
     resync: float = DEFAULT_RESYNC
     network_policy: bool = True  # enforce NetworkPolicy for this node's pods

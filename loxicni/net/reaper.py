@@ -18,6 +18,7 @@ hang on it.
 from __future__ import annotations
 
 import errno
+import os
 import queue
 import threading
 from collections.abc import Callable, Hashable, Iterable
@@ -28,7 +29,13 @@ from loxicni.net.rtnl import NetlinkError, Rtnl
 
 log = get_logger(__name__)
 
-GROUP_BASE = 0x4C58_0000  # "LX": link groups of our own, far from the usual small numbers
+# Link groups 0x4C000000-0x4CFFFFFF ("L"), far from the usual small numbers. A group delete
+# removes every link of the group in the netns, whoever tagged it: so each reaper takes a
+# random one of 4096 blocks of groups, and another reaper in the same netns (a second agent
+# during a restart, agents of tests side by side) does not delete links of this one's
+# batches, unless both drew the same block.
+GROUP_BASE = 0x4C00_0000
+GROUPS_PER_REAPER = 0x1000  # batches before the serial wraps; one takes milliseconds
 WAIT = 30.0  # seconds; a group delete takes milliseconds
 
 
@@ -47,6 +54,8 @@ class LinkReaper:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._serial = 0
+        blocks = 0x100_0000 // GROUPS_PER_REAPER
+        self._block = GROUP_BASE + GROUPS_PER_REAPER * (int.from_bytes(os.urandom(2)) % blocks)
         self._batch = self._new_batch()
         self._pending: dict[Hashable, _Batch] = {}  # fence -> the batch that lifts it
         self._finish: queue.Queue[Callable[[], None]] = queue.Queue()
@@ -57,8 +66,8 @@ class LinkReaper:
         self._ensure_thread()
 
     def _new_batch(self) -> _Batch:
-        self._serial = (self._serial + 1) % 0x10000
-        return _Batch(GROUP_BASE + self._serial)
+        self._serial = (self._serial + 1) % GROUPS_PER_REAPER
+        return _Batch(self._block + self._serial)
 
     def _ensure_thread(self) -> None:
         if self._thread is None or not self._thread.is_alive():

@@ -14,7 +14,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass, replace
 from functools import partial
 
-from loxicni.base.logs import add_log_file, get_logger
+from loxicni.base.logs import get_logger, use_log_file
 from loxicni.cni.errors import CniError, Code
 from loxicni.cni.request import Request
 from loxicni.cni.result import result_from_json, result_to_json
@@ -40,7 +40,7 @@ def load_config(req: Request) -> BridgeConfig:
         prev = result_from_json(req.config["prevResult"])
     cfg = parse_config(req.config, req.cni_version, dict(req.args), prev)
     if cfg.log_file:
-        add_log_file(cfg.log_file)
+        use_log_file(cfg.log_file)
     return cfg
 
 

@@ -15,6 +15,7 @@ something on the strength of a missing record must ask ``exists`` (any file unde
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from loxicni.base import files, paths
+from loxicni.plugin import locks
 from loxicni.plugin.naming import attachment_key
 
 ADDING = "adding"
@@ -114,6 +116,12 @@ def _from_json(key: str, doc: Any) -> Record:
     for name in _LISTS_OF_STR:
         if not all(isinstance(v, str) for v in values.get(name, ())):
             raise Unreadable(key, f"{name} holds a non-string")
+    for name, parse in (("ips", ipaddress.ip_interface), ("gateways", ipaddress.ip_address)):
+        for text in values.get(name, ()):
+            try:
+                parse(text)
+            except ValueError:
+                raise Unreadable(key, f"{name} holds {text[:64]!r}, not an address") from None
     values.setdefault("netns", "")
     values.setdefault("cni_args", "")
     values.setdefault("cni_path", [])
@@ -146,9 +154,9 @@ def remove(network: str, container_id: str, ifname: str) -> None:
     _path(attachment_key(network, container_id, ifname)).unlink(missing_ok=True)
 
 
-def mtime(key: str) -> float:
-    """When the record was last saved (FileNotFoundError if there is none)."""
-    return os.stat(_path(key)).st_mtime
+def mtime_ns(key: str) -> int:
+    """When the record was last saved, in ns (FileNotFoundError if there is none)."""
+    return os.stat(_path(key)).st_mtime_ns
 
 
 def exists(key: str) -> bool:
@@ -210,5 +218,33 @@ def all_records() -> list[Record]:
 
 
 def remove_stale_temp_files() -> list[str]:
-    """Temp files of writers that died mid-save."""
-    return files.remove_stale_temps(_dir())
+    """Temp files of writers that died mid-save. A record is saved only under its
+    attachment's lock, so the temp file of an attachment whose lock is free is debris,
+    whoever wrote it (a PID cannot tell: the writer may live in another PID namespace). A
+    temp file whose name names no attachment goes by age."""
+    removed: list[str] = []
+    try:
+        names = os.listdir(_dir())
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        key = _key_of_temp(name)
+        if key is None or locks.held(key):
+            continue
+        try:
+            os.unlink(_dir() / name)
+        except FileNotFoundError:
+            continue  # its writer was done after all: renamed into place
+        removed.append(name)
+    return removed + files.remove_stale_temps(_dir())
+
+
+def _key_of_temp(name: str) -> str | None:
+    """The attachment key of a temp file of ``save`` (``.<key>.json.<random>.tmp``)."""
+    if not files.is_temp_name(name):
+        return None
+    target = name[len(files.TEMP_PREFIX) :].rsplit(".", 2)[0]
+    key, dot_json, rest = target.partition(".json")
+    if rest or not dot_json or len(key) != 32 or not all(c in "0123456789abcdef" for c in key):
+        return None
+    return key

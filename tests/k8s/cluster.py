@@ -187,6 +187,7 @@ class Cluster:
             PLUGIN, "agent", "--socket", self.socket, "--metrics", "off",
             "--kubeconfig", str(self.kubeconfig), "--node-name", self.node,
             "--cni-conf-dir", str(self.conf_dir), "--cni-conf-template", str(template),
+            "--cni-data-root", str(self.data_dir.parent),
             "--grace-period", str(self.grace_period), "--resync", "2", *self.extra_args,
             "--network-policy", "on" if self.network_policy else "off",
         ]  # fmt: skip

@@ -28,12 +28,12 @@ import hashlib
 import ipaddress
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
@@ -43,8 +43,12 @@ from typing import Any
 from pyroute2 import IPRoute
 
 from loxicni.net import netns
+from tests.support.host import unrouted
+from tests.support.plugin import PLUGIN, agent_status
+from tests.support.processes import kill9, stop_process
+from tests.support.waiting import wait_for
 
-from .cluster import PLUGIN, REPO, template_from_configmap, wait_for
+from .cluster import REPO, template_from_configmap
 from .controlplane import ControlPlane
 
 API_VIP = "10.96.0.1"  # a name of the API server's certificate; held by the router
@@ -58,33 +62,15 @@ def sh(ns: str | None, script: str) -> None:
     subprocess.run(argv, input=script.encode(), check=True, capture_output=True, timeout=30)
 
 
-def _host_v4_routes() -> list[IPv4Network]:
-    out = subprocess.run(
-        ["ip", "-j", "-4", "route", "show", "table", "all"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=30,
-    ).stdout
-    nets = []
-    for route in json.loads(out):
-        dst = route.get("dst", "")
-        if dst and dst != "default" and dst[0].isdigit():
-            nets.append(IPv4Network(dst, strict=False))
-    return nets
-
-
 def free_octets(prefix: str, count: int) -> list[int]:
     """``count`` values X for which ``prefix.X.0/24`` overlaps no route of the host."""
-    used = _host_v4_routes()
-    found = []
-    for x in range(10, 250):
-        net = IPv4Network(f"{prefix}.{x}.0/24")
-        if not any(net.overlaps(u) for u in used):
-            found.append(x)
-            if len(found) == count:
-                return found
-    raise AssertionError(f"no {count} free {prefix}.X.0/24")
+    found: list[int] = []
+    candidates = [IPv4Network(f"{prefix}.{x}.0/24") for x in range(10, 250)]
+    while len(found) < count:
+        net = unrouted(c for c in candidates if c.network_address.packed[2] not in found)
+        assert net is not None, f"no {count} free {prefix}.X.0/24"
+        found.append(net.network_address.packed[2])
+    return found
 
 
 @dataclass
@@ -219,6 +205,8 @@ class SimNode:
             str(self.conf_dir),
             "--cni-conf-template",
             str(path),
+            "--cni-data-root",  # the template's dataDir is this node's own
+            str(self.workdir),
             "--resync",
             "2",
             "--grace-period",
@@ -248,14 +236,8 @@ class SimNode:
         return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
 
     def status(self) -> dict[str, Any]:
-        proc = subprocess.run(
-            [PLUGIN, "status", "--json", "--socket", self.socket],
-            capture_output=True,
-            text=True,
-            timeout=20,
-        )
         try:
-            return dict(json.loads(proc.stdout))
+            return agent_status(self.socket)
         except ValueError:
             return {}
 
@@ -270,17 +252,11 @@ class SimNode:
 
     def kill_agent(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=10)
+            kill9(self.proc)
 
     def stop_agent(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        if self.proc is not None:
+            stop_process(self.proc)
 
     def teardown(self) -> dict[str, Any]:
         """The documented uninstall step, run in the node's netns."""
@@ -355,19 +331,22 @@ class SimNode:
     def ipr(self) -> IPRoute:
         return IPRoute(netns=self.ns)
 
-    def overlay_routes(self) -> dict[str, dict[str, Any]]:
-        """Our routes (protocol 76), by destination: gateway, device name, onlink."""
+    def overlay_routes(self, ipr: IPRoute | None = None) -> dict[str, dict[str, Any]]:
+        """Our routes (protocol 76), by destination: gateway, device name, onlink. ``ipr``: a
+        handle in this node's netns kept open by a caller polling in a tight loop."""
+        if ipr is None:
+            with self.ipr() as own:
+                return self.overlay_routes(own)
         out: dict[str, dict[str, Any]] = {}
-        with self.ipr() as ipr:
-            names = {m["index"]: m.get("IFLA_IFNAME") for m in ipr.get_links()}
-            for family in (2, 10):
-                for m in ipr.get_routes(family=family, table=254):
-                    if m["proto"] == PROTO:
-                        out[f"{m.get('RTA_DST')}/{m['dst_len']}"] = {
-                            "gateway": m.get("RTA_GATEWAY"),
-                            "dev": names.get(m.get("RTA_OIF")),
-                            "onlink": bool(m["flags"] & 4),
-                        }
+        names = {m["index"]: m.get("IFLA_IFNAME") for m in ipr.get_links()}
+        for family in (2, 10):
+            for m in ipr.get_routes(family=family, table=254):
+                if m["proto"] == PROTO:
+                    out[f"{m.get('RTA_DST')}/{m['dst_len']}"] = {
+                        "gateway": m.get("RTA_GATEWAY"),
+                        "dev": names.get(m.get("RTA_OIF")),
+                        "onlink": bool(m["flags"] & 4),
+                    }
         return out
 
     def links(self) -> dict[str, dict[str, Any]]:
@@ -542,10 +521,16 @@ class SimCluster:
         return path
 
     def create_node(self, node: SimNode) -> None:
-        out = self.cp.kubectl(
-            "create", "-o", "json", "-f", "-", input=json.dumps(node.manifest())
-        ).stdout
-        node.uid = json.loads(out)["metadata"]["uid"]
+        """POST the Node (no kubectl between: a test timing the reaction to the API event
+        starts its clock right before the request)."""
+        request = urllib.request.Request(
+            f"{self.cp.server}/api/v1/nodes",
+            data=json.dumps(node.manifest()).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=30, context=self.cp.ssl_context()) as r:
+            node.uid = json.load(r)["metadata"]["uid"]
 
     def register(self, node: SimNode) -> None:
         """The Node object, and a token bound to a Pod on it (the DaemonSet's pod, never run

@@ -355,7 +355,13 @@ def test_deploy_manifests_are_what_a_cluster_runs(
     cm = control_plane.get_json("configmap", "loxi-cni-config", "-n", "kube-system")
     assert json.loads(cm["data"]["cni-conf-template.json"])["plugins"][0]["type"] == "loxi-cni"
     host_paths = {v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
-    assert {"/opt", "/etc/cni/net.d", "/run/loxi-cni", "/var/lib/loxi-cni"} <= host_paths
+    assert {
+        "/opt",
+        "/etc/cni/net.d",
+        "/run/loxi-cni",
+        "/var/lib/loxi-cni",
+        "/var/log/loxi-cni",
+    } <= (host_paths)
     env = {e["name"]: e for e in agent["env"]}
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
 

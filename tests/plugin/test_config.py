@@ -96,6 +96,14 @@ BAD = [
     {"ipam": {"type": ""}},
     {"ipam": []},
     {"enabledad": "no"},
+    # A trailing newline is not part of a name ("$" would have let it through).
+    {"name": "net1\n"},
+    {"vethPrefix": "loxi\n"},
+    {"mac": "02:00:00:00:00:01\n"},
+    # 15 characters but 17 bytes: the kernel counts bytes.
+    {"bridge": "brücke-dörfer-1"},
+    # A lone surrogate (a JSON "\\udcff" escape) is no name the kernel or a result can hold.
+    {"bridge": "br\udcff"},
 ]
 
 

@@ -266,6 +266,7 @@ def test_a_wedged_agent_gives_try_again_within_the_timeout(tmp_path: Path, netns
         (b'{"cniVersion": "0.3.1", "name": "shim"}', "0.3.1"),
         (b'{"name": "shim", "cniVersion" :"1.0"}', "1.0"),
         (b'{"cniVersion":"x\\"\x01","name":"shim"}', "1.1.0"),  # not a version: the latest
+        (b'{"cniVersion":"1\\" , \\"x","name":"shim"}', "1.1.0"),  # nor is a quote spliced in
         (b'{"cniVersion":"","name":"shim"}', "1.1.0"),
         (b'{"name":"shim"}', "1.1.0"),
     ],

@@ -6,6 +6,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import re
 import socket
 import subprocess
 from collections.abc import Iterable
@@ -61,3 +62,14 @@ def remove_cgroup(parent: str) -> None:
         for dirpath, _dirs, _files in sorted(os.walk(top), key=lambda t: -len(t[0])):
             with contextlib.suppress(OSError):
                 os.rmdir(dirpath)
+
+
+def flock_waited_on(path: Path) -> bool:
+    """Does some process wait for the flock of ``path`` (a "->" line of /proc/locks)? Lets a
+    test know a call it started is blocked exactly there."""
+    try:
+        inode = os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
+    waiting = re.compile(rf"^\d+: -> FLOCK\s+\S+\s+\S+\s+\d+\s+[0-9a-f]+:[0-9a-f]+:{inode} ", re.M)
+    return bool(waiting.search(Path("/proc/locks").read_text()))

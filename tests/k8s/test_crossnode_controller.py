@@ -35,7 +35,7 @@ from loxicni.net import netns, overlay_record
 from loxicni.net.errors import OverlayError
 from loxicni.net.overlay import OverlayConfig
 from loxicni.net.peers import Mode
-from tests.net.overlay_cluster import CountingRtnl
+from tests.support.counting_rtnl import CountingRtnl
 
 
 def node(
