@@ -163,6 +163,9 @@ def _print_network_policy(policy: dict[str, Any]) -> None:
     if "error" in policy:
         print(f"network policy: cannot report ({policy['error']})")
         return
+    if not policy.get("enforcing", True):
+        print(f"network policy: NOT enforced on this node ({policy['lastError']})")
+        return
     state = "in step with the API" if policy["synced"] else "catching up"
     isolated = policy["isolated"]
     print(

@@ -98,6 +98,7 @@ class PolicyController:
         self.wake = threading.Event()
         self.stop_event = threading.Event()
         self.listed: set[str] = set()
+        self.enforcing = False  # started (br_netfilter in place): the table will be kept
         self.version = 0  # bumped by every change the compiler takes
         self.applied_version = -1
         self.pending_since: float | None = None  # when the oldest unapplied change came
@@ -137,6 +138,7 @@ class PolicyController:
             self.metrics.errors += 1
             log.error("network policy NOT enforced on this node: %s", exc)
             return
+        self.enforcing = True
         self._load_records()
         for watcher in self.watchers:
             watcher.start()
@@ -256,7 +258,7 @@ class PolicyController:
         """The agent served an ADD or DEL. After an ADD, wait (at most ADD_WAIT) until the
         pod's addresses are in the table, so it never runs unfiltered."""
         pod = pod_of(env.get("CNI_ARGS", ""))
-        if pod is None or not pod.uid:
+        if pod is None or not pod.uid or not self.enforcing:
             return
         ips = _result_ips(result) if command == "ADD" else ()
         deadline = time.monotonic() + ADD_WAIT
@@ -359,6 +361,7 @@ class PolicyController:
             pods = {ref: {"ingress": i, "egress": e} for ref, (i, e) in self._selection.items()}
             return {
                 "node": self.node,
+                "enforcing": self.enforcing,
                 "synced": len(self.listed) == len(KINDS) and self.applied_version == self.version,
                 "listed": sorted(self.listed),
                 "policies": len(self.compiler.policies),
