@@ -73,13 +73,15 @@ uninstall:
 clean:
 	rm -rf $(DEV_VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis
 
-# `make bench` runs both benchmarks below.
+# `make bench` runs the three benchmarks below.
 # Speed against the reference bridge plugin (bench/bench.py --help): `make bench-cni`,
 # `BENCH_ARGS=--quick`, `BENCH_ARGS="--cycles 1000"`, `BENCH_ARGS="--rss 500"`.
 # The cross-node agent at cluster scale on the real API server (bench/cluster_bench.py --help):
 # `make bench-cluster`, `CLUSTER_BENCH_ARGS="--nodes 5000 --modes vxlan"`.
-.PHONY: bench bench-cni bench-cluster
-bench: bench-cni bench-cluster
+# NetworkPolicy on a node at scale (bench/netpol_bench.py --help): `make bench-netpol`,
+# `NETPOL_BENCH_ARGS="--pods 1000 --policies 200 --samples 100"` (the defaults).
+.PHONY: bench bench-cni bench-cluster bench-netpol
+bench: bench-cni bench-cluster bench-netpol
 
 bench-cni: install
 	$$(test -x $(DEV_VENV)/bin/python && echo $(DEV_VENV)/bin/python || echo $(PYTHON)) \
@@ -88,6 +90,10 @@ bench-cni: install
 bench-cluster: install dev k8s-deps
 	LOXI_CNI_BIN=$(CNI_BIN_DIR)/loxi-cni $(DEV_VENV)/bin/python bench/cluster_bench.py \
 		$(CLUSTER_BENCH_ARGS)
+
+bench-netpol: install dev k8s-deps
+	LOXI_CNI_BIN=$(CNI_BIN_DIR)/loxi-cni $(DEV_VENV)/bin/python bench/netpol_bench.py \
+		$(NETPOL_BENCH_ARGS)
 
 # Real runtimes (containerd via ctr and CRI, podman, cnitool) driving the installed plugin.
 .PHONY: runtimes-deps test-runtimes
@@ -125,3 +131,10 @@ test-netpol: dev netpol-oracle
 e2e: install dev image k8s-deps netpol-oracle runtimes-deps
 	LOXI_K8S_REQUIRED=1 LOXI_CNI_BIN=$(CNI_BIN_DIR)/loxi-cni LOXI_CNI_VENV=$(VENV) \
 		LOXI_CNI_IMAGE=$(IMAGE_TAR) $(DEV_VENV)/bin/pytest -q tests/k8s tests/netpol
+
+# The whole NetworkPolicy corpus (288 cases, ~66,000 probes; ~12 min here) on the simulated
+# cluster against the oracle: `make e2e` runs a sample of 40 cases of it.
+.PHONY: e2e-netpol
+e2e-netpol: install dev k8s-deps netpol-oracle
+	LOXI_K8S_REQUIRED=1 LOXI_NETPOL_CASES=0 LOXI_CNI_BIN=$(CNI_BIN_DIR)/loxi-cni \
+		$(DEV_VENV)/bin/pytest -q tests/k8s/test_netpol_corpus.py

@@ -55,6 +55,7 @@ def _kube_options(args: argparse.Namespace) -> KubeOptions | None:
         data_root=Path(args.cni_data_root),
         grace_period=args.grace_period,
         resync=args.resync,
+        network_policy=args.network_policy == "on",
         cross_node=args.cross_node,
         vxlan_vni=args.vxlan_vni,
         vxlan_port=args.vxlan_port,
@@ -105,6 +106,8 @@ def _status(args: argparse.Namespace) -> int:
         print(f"addresses in use, {network}: {count}")
     if "crossNode" in info:
         _print_cross_node(info["crossNode"])
+    if "networkPolicy" in info:
+        _print_network_policy(info["networkPolicy"])
     return code
 
 
@@ -156,7 +159,7 @@ def _uninstall(args: argparse.Namespace) -> int:
     from loxicni import client
     from loxicni.agent.uninstall import uninstall
     from loxicni.net.errors import OverlayError
-    from loxicni.net.masq import NftError
+    from loxicni.net.nft import NftError
     from loxicni.net.overlay import OverlayConfig
 
     try:
@@ -193,12 +196,37 @@ def _uninstall(args: argparse.Namespace) -> int:
     print(f"cluster networks unexempted: {done.cluster_networks}")
     print(f"bridges removed: {', '.join(done.bridges) or 'none'}")
     print(f"masquerade table removed: {'yes' if done.masquerade_table else 'no'}")
+    print(f"network policy table removed: {'yes' if done.policy_table else 'no'}")
     print(f"host-local stores removed: {', '.join(done.stores) or 'none'}")
     print(f"executable removed: {done.executable or 'none'}")
     print(f"trees removed: {', '.join(done.trees) or 'none'}")
     for kept in done.kept:
         print(f"kept: {kept}")
     return 0
+
+
+def _print_network_policy(policy: dict[str, Any]) -> None:
+    if "error" in policy:
+        print(f"network policy: cannot report ({policy['error']})")
+        return
+    if not policy.get("enforcing", True):
+        print(f"network policy: NOT enforced on this node ({policy['lastError']})")
+        return
+    state = "in step with the API" if policy["synced"] else "catching up"
+    isolated = policy["isolated"]
+    print(
+        f"network policy: {policy['policies']} policies, {state}; pods isolated for ingress "
+        f"{isolated['ingress']}, for egress {isolated['egress']}; last update "
+        f"{policy['lastUpdateSeconds']} s"
+    )
+    for ref, sel in sorted(policy.get("selectedPods", {}).items()):
+        ingress = ", ".join(sel["ingress"]) or "-"
+        egress = ", ".join(sel["egress"]) or "-"
+        print(f"pod {ref}: ingress {ingress}; egress {egress}")
+    for ref, why in sorted(policy.get("unenforceable", {}).items()):
+        print(f"policy {ref} not enforced: {why}")
+    if policy.get("lastError"):
+        print(f"network policy error: {policy['lastError']}")
 
 
 def _add_version(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -297,6 +325,12 @@ def _add_kube_options(p: argparse.ArgumentParser) -> None:
         default=DEFAULT_VXLAN_DEVICE,
         metavar="NAME",
         help="vxlan device names: NAME4 and NAME6 (default %(default)s)",
+    )
+    kube.add_argument(
+        "--network-policy",
+        choices=("on", "off"),
+        default="on",
+        help="enforce NetworkPolicy for this node's pods with nftables (default %(default)s)",
     )
 
 

@@ -11,7 +11,8 @@ the CNI config first):
   by the default settings without a record: only routes carrying its protocol number, only
   vxlan links of its device names;
 * the cluster networks of the masquerade table, then the table if no set holds anything;
-* each bridge the CNI config named, unless a port is still attached (reported).
+* each bridge the CNI config named, unless a port is still attached (reported);
+* the network policy table (it outlives the agent so a restart never opens an isolated pod).
 
 An agent started with other overlay settings than the recorded ones, or with no cross-node
 mode, removes the recorded overlay itself (``remove_leftovers``).
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from loxicni.base.logs import get_logger
 from loxicni.net import links, masq, overlay, overlay_record
 from loxicni.net.overlay import OverlayConfig
+from loxicni.net.policy_table import PolicyTable
 from loxicni.net.rtnl import Rtnl
 
 log = get_logger(__name__)
@@ -36,6 +38,7 @@ class TeardownReport:
     devices: list[str] = field(default_factory=list)
     cluster_networks: int = 0
     masquerade_table: bool = False
+    policy_table: bool = False
     bridges: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)  # left in place, and why
 
@@ -82,4 +85,5 @@ def teardown(bridges: Iterable[str], default: OverlayConfig | None, report: Tear
     report.cluster_networks = len(masq.cluster_networks())
     masq.set_cluster_networks([])
     report.masquerade_table = masq.delete_table_if_unused()
+    report.policy_table = PolicyTable().delete()
     overlay_record.forget()
