@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loxicni.agent.metrics import PoolUsage
+from loxicni.base import faults
 from loxicni.base.logs import get_logger
 from loxicni.cni.errors import CniError
 from loxicni.ipam.config import parse_host_local
@@ -64,6 +65,7 @@ def reconcile() -> ReconcileReport:
             if outcome.status == RELEASED:
                 report.released.append(name)
                 log.info("reconcile: released %s (state %s)", name, record.state)
+                faults.step("reconcile-release")
             elif outcome.status == FAILED:
                 report.failed.append(name)
                 log.warning("reconcile: DEL of %s failed: %s", name, outcome.error)

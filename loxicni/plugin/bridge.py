@@ -12,6 +12,7 @@ import ipaddress
 from dataclasses import dataclass, replace
 from functools import partial
 
+from loxicni.base import faults
 from loxicni.base.logs import add_log_file, get_logger
 from loxicni.cni.errors import CniError, Code
 from loxicni.cni.request import Request
@@ -165,6 +166,7 @@ class BridgePlugin:
                 "remove the attachment record",
                 partial(records.remove, cfg.network, req.container_id, req.ifname),
             )
+            faults.step("add-record")
             result, attached = self._add(req, cfg, ipam, host, sandbox, undo)
         except BaseException:
             undo.unwind()  # while the netlink sockets are still open
@@ -177,6 +179,7 @@ class BridgePlugin:
         record.gateways = [str(ip.gateway) for ip in result.ips if ip.gateway is not None]
         record.result = result_to_json(result, "1.1.0")
         records.save(record)
+        faults.step("add-ready")
         log.info(
             "ADD %s %s/%s: %s via %s on %s",
             cfg.network,
@@ -220,10 +223,13 @@ class BridgePlugin:
         undo: Undo,
     ) -> tuple[Result, Attached]:
         bridge = self._ensure_bridge(host, cfg)
+        faults.step("add-bridge")
         host_veth = self._create_veth(req, cfg, host, sandbox, bridge, undo)
+        faults.step("add-port")
 
         allocated = ipam.add()
         undo.push("release addresses", ipam.delete)
+        faults.step("add-ipam")
         if not allocated.ips:
             raise CniError(Code.IPAM_FAILURE, f"IPAM {cfg.ipam_type} returned no address")
         ips = [
@@ -246,6 +252,7 @@ class BridgePlugin:
             for route in routes:
                 gw = route_gateway(route, ips)
                 ipconf.add_route(sandbox.ipr, pod.index, replace(route, gw=gw))
+        faults.step("add-addresses")
         if cfg.is_gateway:
             self._gateway_on_bridge(host, cfg, bridge, ips)
         if cfg.ip_masq:
@@ -257,6 +264,7 @@ class BridgePlugin:
                 "remove masquerade",
                 partial(masq.remove_masquerade, cfg.network, req.container_id, req.ifname),
             )
+            faults.step("add-masq")
 
         attached = Attached(bridge=bridge, host_veth=host_veth, pod=pod, sandbox=req.netns)
         result = Result(
@@ -314,6 +322,7 @@ class BridgePlugin:
                     ) from exc
                 continue  # the host name is taken: next candidate
             undo.push(f"delete veth {name}", partial(links.delete, host, veth.index))
+            faults.step("add-veth")
             with cni_errors(f"attaching {name} to bridge {bridge.name}"):
                 links.attach_port(host, veth.index, bridge.index, alias=alias, hairpin=cfg.hairpin)
                 ops = links.port_vlan_ops(cfg.vlan, cfg.vlan_trunk, cfg.preserve_default_vlan)
@@ -370,13 +379,17 @@ class BridgePlugin:
         if cfg.ip_masq:
             with cni_errors("removing masquerading"):
                 masq.remove_masquerade(cfg.network, req.container_id, req.ifname)
+            faults.step("del-masq")
         # Deleting the host end takes the pod end with it (from the host netns, where the
         # agent batches deletions); the netns is opened only if no host end is left.
         found = self._delete_host_veths(host, cfg, req.container_id, req.ifname)
         if pod_link and req.netns and not found:
             self._delete_pod_link(req)
+        faults.step("del-veth")
         Ipam(req, cfg.ipam_type).delete()
+        faults.step("del-ipam")
         records.remove(cfg.network, req.container_id, req.ifname)
+        faults.step("del-record")
 
     def _delete_pod_link(self, req: Request) -> None:
         if self.netns_fd is None and self.require_fd:

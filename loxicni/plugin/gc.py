@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from loxicni.base import faults
 from loxicni.base.logs import get_logger
 from loxicni.cni.errors import CniError, Code
 from loxicni.cni.request import Request
@@ -84,4 +85,6 @@ def collect(req: Request, cfg: BridgeConfig) -> None:
                     links.delete(host, link.index)
                 records.remove(cfg.network, container_id, ifname)
                 lock.remove_on_release = True
+                faults.step("gc-attachment")
+    faults.step("gc-ipam")
     Ipam(req, cfg.ipam_type).gc(valid, started)
