@@ -81,3 +81,13 @@ test-k8s: dev k8s-deps
 .PHONY: e2e
 e2e: install dev k8s-deps runtimes-deps
 	LOXI_K8S_REQUIRED=1 LOXI_CNI_BIN=$(CNI_BIN_DIR)/loxi-cni $(DEV_VENV)/bin/pytest -q tests/k8s
+
+# The long chaos run (tests/chaos/run.py, README "Reliability"): concurrent runtimes while
+# the agent is killed, the state fs fills up or turns read-only, netns vanish and the node
+# reboots. `make chaos SEED=7 CALLS=5000`; make test runs a bounded one (tests/chaos).
+SEED  ?= 1
+CALLS ?= 3000
+.PHONY: chaos
+chaos: install dev
+	LOXI_CNI_BIN=$(CNI_BIN_DIR)/loxi-cni $(DEV_VENV)/bin/python -m tests.chaos.run \
+		--seed $(SEED) --calls $(CALLS)

@@ -397,8 +397,12 @@ class BridgePlugin:
         try:
             sandbox = self.open_netns(req)
         except CniError as exc:
-            if exc.code == Code.UNKNOWN_CONTAINER:
-                return  # the netns is gone, and the veth pair with it
+            # Gone, or a plain file where it was (INVALID_ENV: not a netns): `ip netns del` and
+            # the runtimes unmount a netns before they unlink its file, and one interrupted in
+            # between leaves the file. Either way the netns died and took the veth pair with
+            # it; failing here would fail every retry of this DEL and never release the rest.
+            if exc.code in (Code.UNKNOWN_CONTAINER, Code.INVALID_ENV):
+                return
             raise
         with sandbox, cni_errors(f"deleting {req.ifname} in {req.netns}"):
             pod = links.get(sandbox.ipr, req.ifname)

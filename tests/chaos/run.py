@@ -60,6 +60,9 @@ from tests.chaos.node import (
 CLIENT_TIMEOUT = 15.0  # LOXI_CNI_TIMEOUT of every call
 HANG_AFTER = CLIENT_TIMEOUT + 15.0  # a call still running then is a hang
 DEL_ATTEMPTS = 60
+# A DEL may fail while the state fs is full or read-only (5) or its agent dies (11, or the
+# in-process call is killed); anything else is a bug.
+DEL_MAY_FAIL = (5, 11)
 AGENT_STEPS = [s for s in faults.STEPS]
 PLUGIN_STEPS = [s for s in faults.STEPS if not s.startswith("reconcile")]
 FAULT_KINDS = (
@@ -450,6 +453,9 @@ class Runtime:
             out = self.call("DEL", slot, netns)
             if out.ok:
                 return
+            if out.rc is not None and out.rc > 0 and out.code not in DEL_MAY_FAIL:
+                # DEL must succeed whatever is already gone; only these are worth a retry.
+                self.chaos.stats.problem(f"{slot.container_id}: DEL {out.label()}: {out.out}")
             time.sleep(min(0.01 * 2**attempt, 0.5))
         self.chaos.stats.problem(
             f"{slot.container_id}: DEL failed {DEL_ATTEMPTS} times: {out.label()} {out.out.strip()}"
@@ -620,8 +626,11 @@ class Injector:
             if not slot.netns or slot.gone:
                 return
             slot.gone = "netns deleted"
+            during = slot.in_flight if slot.in_flight in ("ADD", "DEL") else "no call"
             sh("ip", "netns", "del", slot.netns, check=False)
-        self.fault("netns-delete")
+        self.fault("netns-delete", f"{slot.container_id} during {during}")
+        with self.stats.lock:
+            self.stats.steps[f"netns deleted during {during}"] += 1
 
     def reboot(self) -> None:
         """Power off between calls; the node comes back with /var but not /run or the kernel
@@ -704,7 +713,8 @@ def report(settings: Settings, stats: Stats) -> str:
         lines.append(f"  {kind:<17} {stats.faults[kind]:>4}")
     if stats.steps:
         lines.append(
-            "  steps killed at: " + ", ".join(f"{s} {n}" for s, n in sorted(stats.steps.items()))
+            "  killed at / deleted during: "
+            + ", ".join(f"{s} {n}" for s, n in sorted(stats.steps.items()))
         )
     lines.append(
         "pods: " + ", ".join(f"{k} {v}" for k, v in sorted(stats.pods.items()) if k != "seconds")
