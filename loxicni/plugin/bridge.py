@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
 
@@ -26,7 +27,7 @@ from loxicni.plugin import hostveth, naming, records
 from loxicni.plugin.config import BridgeConfig, parse_config
 from loxicni.plugin.errors import cni_errors
 from loxicni.plugin.ipam import Ipam
-from loxicni.plugin.locks import attachment_lock
+from loxicni.plugin.locks import HeldLock, attachment_lock
 from loxicni.plugin.routes import container_routes, gateway_of, route_gateway
 from loxicni.plugin.undo import Undo
 
@@ -87,7 +88,8 @@ class BridgePlugin:
     ``netns_fd``: the pod's netns opened by the caller (the thin client passes it to the
     agent), used instead of opening CNI_NETNS. ``require_fd``: the agent never opens a netns
     path itself, since its mount and PID namespaces are not the runtime's. ``reaper``: the
-    agent's batched link deleter.
+    agent's batched link deleter. ``abandoned``: whether the caller has given up waiting
+    (the agent's client timed out or died).
     """
 
     def __init__(
@@ -96,10 +98,26 @@ class BridgePlugin:
         reaper: LinkReaper | None = None,
         *,
         require_fd: bool = False,
+        abandoned: Callable[[], bool] | None = None,
     ) -> None:
         self.netns_fd = netns_fd
         self.reaper = reaper
         self.require_fd = require_fd
+        self.abandoned = abandoned
+
+    def still_wanted(self, lock: HeldLock | None = None) -> None:
+        """TRY_AGAIN_LATER, before anything is done, if the caller has given up.
+
+        A runtime that got no answer (its client timed out on a stalled agent) goes on
+        without this call: it DELs, retries, adds the pod again, perhaps in-process. Run
+        now, an ADD would leak an attachment nobody will DEL, a DEL would tear down the pod
+        added since, a GC would collect it. Checked with the attachment's lock held: a call
+        whose caller still waits then finishes before any call that caller makes next.
+        """
+        if self.abandoned is not None and self.abandoned():
+            if lock is not None:
+                lock.remove_on_release = True  # nothing done: leave no lock file behind
+            raise CniError(Code.TRY_AGAIN_LATER, "the caller gave up waiting; nothing was done")
 
     def open_netns(self, req: Request) -> Netns:
         with cni_errors(f"opening netns {req.netns}"):
@@ -114,6 +132,7 @@ class BridgePlugin:
         ipam = Ipam(req, cfg.ipam_type)  # validates the IPAM config before anything is touched
         with attachment_lock(cfg.network, req.container_id, req.ifname) as lock:
             try:
+                self.still_wanted()
                 with cni_errors("ADD"), Rtnl() as host, self.open_netns(req) as sandbox:
                     result = self._add_locked(req, cfg, ipam, host, sandbox)
             except BaseException:
@@ -362,6 +381,7 @@ class BridgePlugin:
     def delete(self, req: Request) -> None:
         cfg = load_config(req)
         with attachment_lock(cfg.network, req.container_id, req.ifname) as lock:
+            self.still_wanted(lock)
             with cni_errors("DEL"), Rtnl() as host:
                 self.teardown_locked(req, cfg, host, pod_link=True)
             lock.remove_on_release = True
@@ -427,7 +447,8 @@ class BridgePlugin:
         from loxicni.plugin.check import check
 
         cfg = load_config(req)
-        with attachment_lock(cfg.network, req.container_id, req.ifname):
+        with attachment_lock(cfg.network, req.container_id, req.ifname) as lock:
+            self.still_wanted(lock)
             held = Ipam(req, cfg.ipam_type).check()
             with cni_errors("CHECK"), Rtnl() as host, self.open_netns(req) as sandbox:
                 check(req, cfg, held, host, sandbox)
@@ -437,7 +458,7 @@ class BridgePlugin:
 
         cfg = load_config(req)
         with cni_errors("GC"):
-            collect(req, cfg)
+            collect(req, cfg, self.still_wanted)
 
     def status(self, req: Request) -> None:
         cfg = load_config(req)

@@ -9,6 +9,7 @@ reservation file created later (checked under the store's lock).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from loxicni.base import faults
@@ -54,11 +55,16 @@ def _written_since(key: str, started: float) -> bool:
         return False
 
 
-def collect(req: Request, cfg: BridgeConfig) -> None:
+def collect(
+    req: Request, cfg: BridgeConfig, still_wanted: Callable[[], None] | None = None
+) -> None:
     """Tear down each stale attachment under its own lock (masquerade, host veths, record,
     lock file); then the store releases every reservation not valid, including ones the
-    reference plugin made."""
+    reference plugin made. ``still_wanted`` raises if the caller has given up: a GC run
+    late would hold a valid list older than the attachments added since."""
     started = time.time()
+    if still_wanted is not None:
+        still_wanted()  # after ``started``: what the caller adds next is written later
     valid = valid_attachments(req.config)
     scan = records.scan()
     stale = masq.masqueraded_attachments(cfg.network)

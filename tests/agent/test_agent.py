@@ -317,6 +317,45 @@ def test_kill_9_during_a_storm_never_hangs_and_leaks_nothing(agent: Agent, net: 
     assert list(agent.state_dir.glob("attachments/*")) == []
 
 
+def _served(agent: Agent, n: int) -> None:
+    """Until the agent has answered ``n`` CNI requests (queued ones included)."""
+    deadline = time.monotonic() + 20
+    while agent.status()["requestsServed"] < n:
+        assert time.monotonic() < deadline, agent.status()
+        time.sleep(0.05)
+
+
+def test_requests_their_clients_gave_up_on_are_not_run(agent: Agent, net: Net) -> None:
+    """A frozen agent's clients time out (11) and the runtime goes on in-process: DEL, then
+    ADD again. The agent, thawed, must not run the ADD and DEL it was sent before: the first
+    would leak an attachment, the second would tear down the pod added since (found by the
+    chaos run, tests/chaos, seed 6 with 1500 calls)."""
+    conf = net.conf()
+    ghost, live = net.pod(), net.pod()
+    quick = {**agent.env, "LOXI_CNI_TIMEOUT": "1"}
+    in_process = {**agent.env, "LOXI_CNI_NO_AGENT": "1"}
+    assert net.call("ADD", live, conf, env=agent.env).rc == 0
+    assert agent.proc is not None
+    agent.proc.send_signal(signal.SIGSTOP)
+    try:
+        assert net.call("ADD", ghost, conf, env=quick).json["code"] == 11
+        assert net.call("DEL", ghost, conf, env=in_process).rc == 0
+        assert net.call("DEL", live, conf, env=quick).json["code"] == 11
+        assert net.call("DEL", live, conf, env=in_process).rc == 0
+        again = net.call("ADD", live, conf, env=in_process)
+        assert again.rc == 0
+    finally:
+        agent.proc.send_signal(signal.SIGCONT)
+    _served(agent, 3)  # the first ADD and the two requests nobody waits for any more
+    address = again.json["ips"][0]["address"].split("/")[0]
+    assert set(net.reservations()) == {address}  # nothing of the ghost ADD
+    assert links_of_bridge(net.bridge) == [again.json["interfaces"][1]["name"]]
+    assert live.sh("ip", "-o", "addr", "show", "dev", "eth0").stdout.count(address) == 1
+    assert net.call("CHECK", live, {**conf, "prevResult": again.json}, env=agent.env).rc == 0
+    assert net.call("DEL", live, conf, env=agent.env).rc == 0
+    assert net.reservations() == {} and list(agent.state_dir.glob("attachments/*")) == []
+
+
 def test_fallback_without_agent_shares_state(tmp_path: Path, net: Net) -> None:
     """With no agent, the plugin runs in-process on the same records and store."""
     state = tmp_path / "state"

@@ -22,7 +22,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -398,17 +398,19 @@ def pod_problems(node: Node, pod: PodView, h: Holdings) -> list[str]:
     return out
 
 
-def verify(node: Node, up: list[PodView]) -> Verdict:
-    """Every pod in ``up`` works; nothing is held for anything else."""
+def verify(node: Node, up: Sequence[PodView], forgotten: Sequence[PodView] = ()) -> Verdict:
+    """Every pod in ``up`` works; nothing is held for anything else. Pods a runtime lost
+    track of (``forgotten``) may still hold what they had, until a GC releases it."""
     v = Verdict()
     h = node.inspect()
     for pod in up:
         problems = pod_problems(node, pod, h)
         if problems:
             v.broken.append(f"{pod.container_id}: " + "; ".join(problems))
-    cids = {p.container_id for p in up}
+    owners = [*up, *forgotten]
+    cids = {p.container_id for p in owners}
     keys = {attachment_key(node.network, c) for c in cids}
-    addresses = {str(a.ip): p.container_id for p in up for a, _ in p.ips()}
+    addresses = {str(a.ip): p.container_id for p in owners for a, _ in p.ips()}
     for ip, content in h.reservations.items():
         if addresses.get(ip) is None or content != f"{addresses[ip]}\r\n{IFNAME}":
             v.leaks.append(f"reservation {ip} ({content!r})")
@@ -419,7 +421,7 @@ def verify(node: Node, up: list[PodView]) -> Verdict:
     v.leaks += [f"lock file {node.name_of(k)}" for k in h.locks - keys]
     v.leaks += [f"temporary file {p}" for p in h.temps]
     v.leaks += [f"stray file {p}" for p in h.strays]
-    host_veths = {p.host_veth for p in up}
+    host_veths = {p.host_veth for p in owners}
     v.leaks += [f"veth {n} ({a['alias']!r})" for n, a in h.veths.items() if n not in host_veths]
     v.leaks += [f"bridge port {n}" for n in h.ports - host_veths]
     v.leaks += [
@@ -483,6 +485,17 @@ class Agent:
             with self.lock:
                 if not self.held and self.proc is None and not self._stop.is_set():
                     self._spawn()
+
+    def stall(self, seconds: float) -> bool:
+        """Freeze the agent (SIGSTOP) for ``seconds``, then let it go on."""
+        with self.lock:
+            if self.proc is None or self.proc.poll() is not None:
+                return False
+            proc = self.proc
+            proc.send_signal(signal.SIGSTOP)
+        time.sleep(seconds)
+        proc.send_signal(signal.SIGCONT)
+        return True
 
     def kill9(self) -> bool:
         with self.lock:

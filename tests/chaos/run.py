@@ -57,7 +57,7 @@ from tests.chaos.node import (
     verify,
 )
 
-CLIENT_TIMEOUT = 15.0  # LOXI_CNI_TIMEOUT of every call
+CLIENT_TIMEOUT = 5.0  # LOXI_CNI_TIMEOUT of every call (the slowest call takes ~2 s here)
 HANG_AFTER = CLIENT_TIMEOUT + 15.0  # a call still running then is a hang
 DEL_ATTEMPTS = 60
 # A DEL may fail while the state fs is full or read-only (5) or its agent dies (11, or the
@@ -67,6 +67,7 @@ AGENT_STEPS = [s for s in faults.STEPS]
 PLUGIN_STEPS = [s for s in faults.STEPS if not s.startswith("reconcile")]
 FAULT_KINDS = (
     "agent-kill",
+    "agent-stall",
     "agent-step-kill",
     "plugin-step-kill",
     "enospc",
@@ -130,10 +131,14 @@ class Stats:
     leaks: list[str] = field(default_factory=list)
     broken: list[str] = field(default_factory=list)
     story: str = ""  # the history of what failed (see ``histories``)
+    agent_log: Counter[str] = field(default_factory=Counter)  # log lines by level
+    agent_errors: list[str] = field(default_factory=list)  # its first ERROR entries, whole
+    slowest: float = 0.0  # seconds, the longest call
 
-    def count(self, command: str, mode: str, outcome: Outcome) -> None:
+    def count(self, command: str, mode: str, outcome: Outcome, seconds: float) -> None:
         with self.lock:
             self.total += 1
+            self.slowest = max(self.slowest, seconds)
             self.calls[command] += 1
             self.modes[mode] += 1
             self.outcomes[(command, outcome.label())] += 1
@@ -232,6 +237,7 @@ class Chaos:
             for i in range(settings.runtimes)
         ]
         self.injector_rng = random.Random(master.getrandbits(64))
+        self.forgotten: list[PodView] = []  # pods a runtime lost track of: GC's to release
         self.started = time.monotonic()
 
     # -- calls ------------------------------------------------------------------------------
@@ -263,6 +269,7 @@ class Chaos:
             )
         if in_process:
             env["LOXI_CNI_NO_AGENT"] = "1"
+        start = time.monotonic()
         try:
             proc = subprocess.run(
                 [self.settings.plugin],
@@ -274,7 +281,8 @@ class Chaos:
             outcome = Outcome(proc.returncode, proc.stdout.decode(), proc.stderr.decode())
         except subprocess.TimeoutExpired as exc:
             outcome = Outcome(None, "", f"no answer within {HANG_AFTER} s: {exc}")
-        self.stats.count(command, "in-process" if in_process else "agent", outcome)
+        mode = "in-process" if in_process else "agent"
+        self.stats.count(command, mode, outcome, time.monotonic() - start)
         if slot is not None:
             self.note(
                 slot.container_id,
@@ -303,7 +311,7 @@ class Chaos:
             t.join()
         self.done.set()
         inj.join()
-        self.checkpoint("final")
+        self.checkpoint("final")  # also GCs what the runtimes forgot
         for r in self.runtimes:  # stop every pod; then the node must hold nothing
             for slot in r.slots:
                 if slot.netns:
@@ -319,9 +327,24 @@ class Chaos:
             if not self.agent.wait_up():
                 self.stats.problem(f"checkpoint {name}: the agent did not come up")
             up = [s.view() for r in self.runtimes for s in r.slots if s.up and not s.gone]
-            self.record(verify(self.node, up), f"checkpoint {name}", len(up))
+            self.record(verify(self.node, up, self.forgotten), f"checkpoint {name}", len(up))
+            if self.forgotten:  # what only a GC can release: the runtime's GC must
+                self.gc_until_ok()
+                for pod in self.forgotten:
+                    sh("ip", "netns", "del", pod.netns, check=False)
+                self.forgotten.clear()
+                self.record(verify(self.node, up), f"checkpoint {name} after GC", len(up))
         finally:
             self.gate.resume()
+
+    def gc_until_ok(self) -> None:
+        valid = [{"containerID": c, "ifname": IFNAME} for c in sorted(self.registry.members)]
+        conf = {**self.node.conf(), "cni.dev/valid-attachments": valid}
+        for _ in range(DEL_ATTEMPTS):
+            if self.call("GC", conf).ok:
+                return
+            time.sleep(0.1)
+        self.stats.problem(f"GC failed {DEL_ATTEMPTS} times")
 
     def record(self, verdict: Verdict, where: str, up: int = 0) -> None:
         with self.stats.lock:
@@ -361,6 +384,8 @@ class Runtime:
                 self.gc()
             elif r < 0.52:
                 self.repeat_add(slot)
+            elif r < 0.55:
+                self.forget(slot)
             else:
                 self.stop_pod(slot, "stopped")
 
@@ -426,6 +451,18 @@ class Runtime:
         self.chaos.stats.pods["repeated ADD failed"] += 1
         self.stop_pod(slot, "repeated ADD failed")
 
+    def forget(self, slot: Slot) -> None:
+        """Lose track of a pod, as a runtime that crashed between ADD and saving its own state:
+        no DEL will come; only a GC (whose valid list lacks it) can release it. Its netns
+        lives on, as the runtime's would."""
+        with slot.lock:
+            self.chaos.forgotten.append(slot.view())
+            self.chaos.registry.unregister(slot.container_id)
+            slot.up = False
+            slot.netns = ""
+            slot.result = {}
+        self.chaos.stats.pods["forgotten (left to GC)"] += 1
+
     def check(self, slot: Slot) -> None:
         conf = {**self.chaos.node.conf(), "prevResult": slot.result}
         out = self.call("CHECK", slot, slot.path, conf)
@@ -486,6 +523,7 @@ class Injector:
     def loop(self) -> None:
         actions: dict[str, Callable[[], None]] = {
             "agent-kill": self.agent_kill,
+            "agent-stall": self.agent_stall,
             "agent-step-kill": self.agent_step_kill,
             "plugin-step-kill": self.plugin_step_kill,
             "enospc": self.enospc,
@@ -518,6 +556,13 @@ class Injector:
         with self.stats.lock:
             self.stats.faults[kind] += 1
         self.chaos.note("faults", f"{kind} {detail}".strip())
+
+    def agent_stall(self) -> None:
+        """Freeze the agent past its clients' timeout, then let it go on (a wedged or starved
+        agent): its clients answer 11 and their runtimes go on without it (DEL, retry,
+        in-process); whatever the agent then does must not undo what they did since."""
+        if self.chaos.agent.stall(CLIENT_TIMEOUT + self.rng.uniform(0.5, 2.0)):
+            self.fault("agent-stall")
 
     def agent_kill(self) -> None:
         time.sleep(self.rng.uniform(0, 0.2))  # a random moment, mid-call or not
@@ -642,10 +687,12 @@ class Injector:
                 for r in self.chaos.runtimes:
                     for slot in r.slots:
                         with slot.lock:
-                            if slot.netns:
+                            if slot.netns and not slot.gone:
                                 slot.gone = "reboot"
                                 sh("ip", "netns", "del", slot.netns, check=False)
                                 lost += 1
+                for pod in self.chaos.forgotten:
+                    sh("ip", "netns", "del", pod.netns, check=False)
                 self.node.delete_masquerade()
                 sh("ip", "link", "del", self.node.bridge, check=False)
                 for name in self.node.host_veth_names():  # the pod netns took them; be sure
@@ -677,7 +724,12 @@ def run(settings: Settings, keep: bool = False) -> Stats:
             chaos.done.set()
             chaos.agent.stop()
         chaos.stats.pods["seconds"] = round(time.monotonic() - started)
+        chaos.stats.agent_log, chaos.stats.agent_errors = agent_log_summary(node)
         chaos.stats.story = histories(node, chaos.stats)
+        if chaos.stats.story and node.agent_log.exists():
+            kept = Path(f"/tmp/loxi-chaos-{node.tag}.agent.log")
+            shutil.copy(node.agent_log, kept)
+            chaos.stats.story += f"\nthe agent's log: {kept}"
         return chaos.stats
     finally:
         if not keep:
@@ -724,6 +776,12 @@ def report(settings: Settings, stats: Stats) -> str:
         + ", ".join(f"({c}, {u}, {lk}, {b})" for c, u, lk, b in stats.checkpoints)
     )
     lines.append(
+        f"slowest call {stats.slowest:.1f} s (client timeout {CLIENT_TIMEOUT:.0f} s, a hang after "
+        f"{HANG_AFTER:.0f} s); agent log: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(stats.agent_log.items()))
+    )
+    lines += [f"agent error: {x}" for x in stats.agent_errors]
+    lines.append(
         f"leaks = {len(stats.leaks)}, broken live pods = {len(stats.broken)}, "
         f"hangs = {stats.hangs}, other problems = {len(stats.problems)}"
     )
@@ -736,6 +794,33 @@ def report(settings: Settings, stats: Stats) -> str:
     if stats.story:
         lines.append(stats.story)
     return "\n".join(lines)
+
+
+def agent_log_summary(node: Node, keep: int = 3) -> tuple[Counter[str], list[str]]:
+    """The agent's log lines by level and tracebacks, and its first ``keep`` ERROR entries
+    with their tracebacks (a bug in the agent shows up as one)."""
+    counts: Counter[str] = Counter()
+    errors: list[str] = []
+    try:
+        text = node.agent_log.read_text(errors="replace")
+    except FileNotFoundError:
+        return counts, errors
+    entry: list[str] | None = None
+    for line in text.splitlines():
+        parts = line.split(" ", 3)
+        level = parts[2] if len(parts) > 2 and parts[0][:2] == "20" else ""
+        if level:
+            if entry is not None:
+                errors.append("\n".join(entry))
+            entry = [line] if level in ("ERROR", "CRITICAL") and len(errors) < keep else None
+            counts[level] += 1
+        else:
+            counts["tracebacks"] += line.startswith("Traceback")
+            if entry is not None:
+                entry.append(line)
+    if entry is not None:
+        errors.append("\n".join(entry))
+    return counts, errors
 
 
 def histories(node: Node, stats: Stats) -> str:
