@@ -177,12 +177,10 @@ class Node:
     def fill(self) -> Path:
         """Fill the tmpfs until ENOSPC; remove the returned file to give the space back."""
         filler = self.var / "filler"
-        with open(filler, "wb") as f:
-            block = b"\0" * (1 << 16)
-            with suppress(OSError):
-                while True:
-                    f.write(block)
-                    f.flush()
+        block = b"\0" * (1 << 16)
+        with open(filler, "wb", buffering=0) as f, suppress(OSError):  # unbuffered: no flush
+            while True:
+                f.write(block)
         return filler
 
     def set_readonly(self, readonly: bool, patience: float = 3.0) -> bool:

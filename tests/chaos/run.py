@@ -303,7 +303,7 @@ class Chaos:
             threading.Thread(target=r.loop, name=f"runtime-{r.index}") for r in self.runtimes
         ]
         injector = Injector(self)
-        inj = threading.Thread(target=injector.loop, name="injector")
+        inj = threading.Thread(target=injector.run, name="injector")
         for t in threads:
             t.start()
         inj.start()
@@ -363,12 +363,16 @@ class Runtime:
         self.slots = [Slot(f"r{index}p{j}") for j in range(chaos.settings.pods)]
 
     def loop(self) -> None:
-        while self.chaos.stats.total < self.chaos.settings.calls:
-            self.chaos.gate.enter()
-            try:
-                self.step()
-            finally:
-                self.chaos.gate.leave()
+        try:
+            while self.chaos.stats.total < self.chaos.settings.calls:
+                self.chaos.gate.enter()
+                try:
+                    self.step()
+                finally:
+                    self.chaos.gate.leave()
+        except Exception as exc:  # a harness bug must fail the run
+            self.chaos.stats.problem(f"runtime {self.index} crashed: {exc!r}")
+            raise
 
     def step(self) -> None:
         slot = self.rng.choice(self.slots)
@@ -519,6 +523,13 @@ class Injector:
         self.plan: list[str] = []
         n = chaos.settings.checkpoints
         self.checkpoints_at = [chaos.settings.calls * (i + 1) // (n + 1) for i in range(n)]
+
+    def run(self) -> None:
+        try:
+            self.loop()
+        except Exception as exc:  # a harness bug must fail the run, not end the chaos quietly
+            self.stats.problem(f"the injector crashed: {exc!r}")
+            raise
 
     def loop(self) -> None:
         actions: dict[str, Callable[[], None]] = {
