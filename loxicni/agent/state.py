@@ -21,7 +21,7 @@ from loxicni.ipam.config import parse_host_local
 from loxicni.ipam.store import Store
 from loxicni.net import links
 from loxicni.net.rtnl import Rtnl
-from loxicni.plugin import hostveth, naming, records
+from loxicni.plugin import hostveth, locks, naming, records
 from loxicni.plugin.locks import attachment_lock
 from loxicni.plugin.release import FAILED, RELEASED, release
 
@@ -35,6 +35,7 @@ class ReconcileReport:
     failed: list[str] = field(default_factory=list)
     orphan_veths: list[str] = field(default_factory=list)
     quarantined: list[str] = field(default_factory=list)  # record keys that cannot be read
+    lock_files: list[str] = field(default_factory=list)  # of attachments without a record
 
 
 def alive(ipr: Rtnl, record: records.Record) -> bool:
@@ -82,6 +83,7 @@ def reconcile() -> ReconcileReport:
                     links.delete(ipr, link.index)
                     report.orphan_veths.append(link.name)
                     log.info("reconcile: deleted orphan host veth %s", link.name)
+    report.lock_files = locks.remove_unused(records.exists)  # of calls killed holding them
     return report
 
 

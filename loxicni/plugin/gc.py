@@ -18,7 +18,7 @@ from loxicni.cni.errors import CniError, Code
 from loxicni.cni.request import Request
 from loxicni.net import links, masq
 from loxicni.net.rtnl import Rtnl
-from loxicni.plugin import hostveth, naming, records
+from loxicni.plugin import hostveth, locks, naming, records
 from loxicni.plugin.config import BridgeConfig
 from loxicni.plugin.ipam import Ipam
 from loxicni.plugin.locks import attachment_lock
@@ -94,3 +94,4 @@ def collect(
                 faults.step("gc-attachment")
     faults.step("gc-ipam")
     Ipam(req, cfg.ipam_type).gc(valid, started)
+    locks.remove_unused(records.exists)  # those of calls killed before they let go

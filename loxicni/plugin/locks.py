@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,3 +53,38 @@ def attachment_lock(network: str, container_id: str, ifname: str) -> Iterator[He
         if held.remove_on_release:
             path.unlink(missing_ok=True)
         os.close(fd)
+
+
+def remove_unused(in_use: Callable[[str], bool]) -> list[str]:
+    """Remove the lock files of attachments for which ``in_use(key)`` is False; their keys.
+
+    A call that dies between tearing its attachment down and releasing the lock (GC, the
+    agent's reconcile, killed there) leaves a lock file no later call will look for: nothing
+    of its attachment is left to find it by. Each file is taken without waiting: a held lock
+    is in use, and one taken here and unlinked is noticed by anyone who opened it before
+    (see ``attachment_lock``), so the sweep never races a live call.
+    """
+    removed: list[str] = []
+    try:
+        entries = list(os.scandir(paths.locks_dir()))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        try:
+            fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            if os.stat(entry.path).st_ino != os.fstat(fd).st_ino or in_use(entry.name):
+                continue
+            os.unlink(entry.path)
+            removed.append(entry.name)
+        except FileNotFoundError:
+            continue
+        finally:
+            os.close(fd)
+    return removed

@@ -1,8 +1,9 @@
 """What a crash leaves of an attachment's files is removed with the attachment.
 
-Both cases were found by the chaos run (tests/chaos): a record save killed between writing its
-temporary file and renaming it, and a release (agent reconcile) that lost the race to the
-attachment's DEL and re-created its lock file.
+All were found by the chaos run (tests/chaos): a record save killed between writing its
+temporary file and renaming it; a release (agent reconcile) that lost the race to the
+attachment's DEL and re-created its lock file; a GC killed after tearing an attachment down,
+before letting go of its lock.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from loxicni.base import faults
-from loxicni.plugin import records
+from loxicni.plugin import locks, records
 from loxicni.plugin.release import CHANGED, release
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,3 +86,18 @@ def test_a_release_that_finds_the_attachment_gone_leaves_no_lock_file(dirs: Path
     record = _record()  # scanned by a starting agent, then DELeted before it got the lock
     assert release(record).status == CHANGED
     assert list((dirs / "run" / "locks").iterdir()) == []
+
+
+def test_unused_lock_files_are_swept_and_held_or_used_ones_kept(dirs: Path) -> None:
+    live, dead, busy = _record(), _record(), _record()
+    dead.container_id, busy.container_id = "c2", "c3"
+    records.save(live)
+    for r in (live, dead):  # the dead one's holder was killed after removing its record
+        with locks.attachment_lock(r.network, r.container_id, r.ifname):
+            pass
+    with locks.attachment_lock(busy.network, busy.container_id, busy.ifname):
+        # held by a running call (an ADD before its record is written): never touched
+        assert locks.remove_unused(records.exists) == [dead.key]
+    assert sorted(p.name for p in (dirs / "run" / "locks").iterdir()) == sorted(
+        [live.key, busy.key]
+    )
