@@ -791,7 +791,9 @@ def report(settings: Settings, stats: Stats) -> str:
         f"{HANG_AFTER:.0f} s); agent log: "
         + ", ".join(f"{k} {v}" for k, v in sorted(stats.agent_log.items()))
     )
-    lines += [f"agent error: {x}" for x in stats.agent_errors]
+    for entry in stats.agent_errors:  # its message and the exception it ends with
+        first, last = entry.splitlines()[0], entry.splitlines()[-1]
+        lines.append(f"agent error: {first}" + (f" ({last})" if last != first else ""))
     lines.append(
         f"leaks = {len(stats.leaks)}, broken live pods = {len(stats.broken)}, "
         f"hangs = {stats.hangs}, other problems = {len(stats.problems)}"
