@@ -11,13 +11,14 @@ all: install
 deps:
 	@bash scripts/install-deps.sh
 
-# The runtime environment: a venv of pinned dependencies plus the package, and the launcher.
+# The runtime environment: a venv of pinned dependencies plus the package, and the executable
+# (shim/loxi-cni.c compiled with the venv's interpreter baked in; scripts/write-launcher.sh).
 install: deps
 	@test -x $(VENV)/bin/python3 || $(PYTHON) -m venv $(VENV)
 	@$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements.lock
 	@$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps --force-reinstall .
 	@mkdir -p $(CNI_BIN_DIR)
-	@bash scripts/write-launcher.sh $(VENV) $(CNI_BIN_DIR)/loxi-cni
+	@bash scripts/write-launcher.sh venv $(VENV) $(CNI_BIN_DIR)/loxi-cni
 	@echo "installed $(CNI_BIN_DIR)/loxi-cni (environment $(VENV))"
 
 dev: deps
@@ -50,12 +51,21 @@ uninstall:
 clean:
 	rm -rf $(DEV_VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis
 
-# Speed against the reference bridge plugin (bench/bench.py --help): `make bench`,
-# `make bench BENCH_ARGS=--quick`, `BENCH_ARGS="--cycles 1000"`, `BENCH_ARGS="--rss 500"`.
-.PHONY: bench
-bench: install
+# `make bench` runs both benchmarks below.
+# Speed against the reference bridge plugin (bench/bench.py --help): `make bench-cni`,
+# `BENCH_ARGS=--quick`, `BENCH_ARGS="--cycles 1000"`, `BENCH_ARGS="--rss 500"`.
+# The cross-node agent at cluster scale on the real API server (bench/cluster_bench.py --help):
+# `make bench-cluster`, `CLUSTER_BENCH_ARGS="--nodes 5000 --modes vxlan"`.
+.PHONY: bench bench-cni bench-cluster
+bench: bench-cni bench-cluster
+
+bench-cni: install
 	$$(test -x $(DEV_VENV)/bin/python && echo $(DEV_VENV)/bin/python || echo $(PYTHON)) \
 		bench/bench.py $(BENCH_ARGS)
+
+bench-cluster: install dev k8s-deps
+	LOXI_CNI_BIN=$(CNI_BIN_DIR)/loxi-cni $(DEV_VENV)/bin/python bench/cluster_bench.py \
+		$(CLUSTER_BENCH_ARGS)
 
 # Real runtimes (containerd via ctr and CRI, podman, cnitool) driving the installed plugin.
 .PHONY: runtimes-deps test-runtimes

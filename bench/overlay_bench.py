@@ -34,7 +34,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Sequence
 from dataclasses import replace
 from ipaddress import ip_address, ip_network
 from pathlib import Path
@@ -42,48 +41,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from loxicni.net import netns, overlay, rtnl
+from loxicni.net import netns, overlay
 from loxicni.net.overlay import OverlayConfig
 from loxicni.net.peers import Mode, Peer
-
-MODIFYING = {
-    rtnl.RTM_NEWLINK,
-    rtnl.RTM_DELLINK,
-    rtnl.RTM_SETLINK,
-    rtnl.RTM_NEWADDR,
-    rtnl.RTM_DELADDR,
-    rtnl.RTM_NEWROUTE,
-    rtnl.RTM_DELROUTE,
-    rtnl.RTM_NEWNEIGH,
-    rtnl.RTM_DELNEIGH,
-}
-
-
-class CountingRtnl(rtnl.Rtnl):
-    """Counts requests that change the kernel, reads, and the system calls sending them."""
-
-    def __init__(self, sock: Any) -> None:
-        super().__init__(sock)
-        self.modifying = self.reads = self.sends = 0
-
-    def call(self, request: rtnl.Request) -> list[bytes]:
-        is_dump = request[1] & rtnl.NLM_F_DUMP == rtnl.NLM_F_DUMP
-        if request[0] in MODIFYING and not is_dump:
-            self.modifying += 1
-        else:
-            self.reads += 1
-        self.sends += 1
-        return super().call(request)
-
-    def batch(self, requests: Sequence[rtnl.Request], *, window: int = rtnl.BATCH_WINDOW) -> Any:
-        self.modifying += len(requests)
-        self.sends += -(-len(requests) // window)
-        return super().batch(requests, window=window)
-
-    def counts(self) -> tuple[int, int, int]:
-        out = (self.modifying, self.reads, self.sends)
-        self.modifying = self.reads = self.sends = 0
-        return out
+from tests.support.counting_rtnl import CountingRtnl
 
 
 def peers(count: int) -> list[Peer]:

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Make a self-contained loxi-cni tree: the interpreter, its standard library, the shared
 # libraries it loads (glibc and its loader included) and a venv's site-packages, plus the
-# launcher a runtime execs. The DaemonSet's init container copies the tree to the host's
-# /opt/loxi-cni, so the plugin runs on any x86-64/arm64 Linux host, whatever Python or libc
-# the host has (or lacks); nothing of the host is loaded.
+# executable a runtime execs (shim/loxi-cni.c, static). The DaemonSet's init container copies
+# the tree to the host's /opt/loxi-cni, so the plugin runs on any x86-64/arm64 Linux host,
+# whatever Python or libc the host has (or lacks); nothing of the host is loaded.
 #
 #   deploy/bundle.sh VENV DEST [PREFIX]
 #     VENV    a venv holding loxi-cni and its dependencies (made from /usr/bin/python3.11)
 #     DEST    the directory to fill
-#     PREFIX  where DEST will live on the host (default /opt/loxi-cni): the launcher's paths
+#     PREFIX  where DEST will live on the host (default /opt/loxi-cni): the paths compiled into
+#             the executable (scripts/write-launcher.sh, which needs a C compiler)
 set -euo pipefail
 venv=$1 dest=$2 prefix=${3:-/opt/loxi-cni}
 python=$(readlink -f "$venv/bin/python3")
@@ -46,18 +47,7 @@ for obj in "$dest/python/bin/python$version" "$lib"/lib-dynload/*.so \
 done
 [ -n "$loader" ] || { echo "bundle: no dynamic loader found" >&2; exit 1; }
 
-# The launcher: the bundle's own loader runs the interpreter on the bundle's libraries only;
-# -I -S as in `make install` (isolated, no site), the site-packages added by the stub.
-cat > "$dest/launcher.py" <<LAUNCHER
-import sys
-sys.path.insert(0, "$prefix/python/lib/python$version/site-packages")
-from loxicni.main import main
-sys.exit(main())
-LAUNCHER
-cat > "$dest/loxi-cni" <<LAUNCHER
-#!/bin/sh
-exec "$prefix/lib/$loader" --library-path "$prefix/lib" \\
-  "$prefix/python/bin/python$version" -I -S "$prefix/launcher.py" "\$@"
-LAUNCHER
-chmod 0755 "$dest/loxi-cni"
+# launcher.py and the executable loxi-cni: the bundle's own loader runs the interpreter on the
+# bundle's libraries only, -I -S as in `make install`.
+bash "$(dirname "${BASH_SOURCE[0]}")/../scripts/write-launcher.sh" bundle "$dest" "$prefix"
 echo "$dest"

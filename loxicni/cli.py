@@ -5,15 +5,21 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from loxicni.base import paths, wire
 from loxicni.base.version import package_version
 from loxicni.cni.version import SUPPORTED_VERSIONS
 from loxicni.k8s.options import (
+    CROSS_NODE_MODES,
     DEFAULT_CONF_DIR,
     DEFAULT_CONF_NAME,
+    DEFAULT_DATA_ROOT,
     DEFAULT_GRACE_PERIOD,
     DEFAULT_RESYNC,
+    DEFAULT_VXLAN_DEVICE,
+    DEFAULT_VXLAN_PORT,
+    DEFAULT_VXLAN_VNI,
     KubeOptions,
     default_node_name,
 )
@@ -33,18 +39,36 @@ def _version(args: argparse.Namespace) -> int:
 def _kube_options(args: argparse.Namespace) -> KubeOptions | None:
     """Kubernetes mode is on with --kubeconfig or --in-cluster."""
     if not args.kubeconfig and not args.in_cluster:
+        if args.cross_node != "none":
+            raise SystemExit("loxi-cni agent: --cross-node needs Kubernetes mode")
         return None
     if args.kubeconfig and args.in_cluster:
         raise SystemExit("loxi-cni agent: --kubeconfig and --in-cluster exclude each other")
-    return KubeOptions(
+    options = KubeOptions(
         node_name=args.node_name or default_node_name(),
         kubeconfig=args.kubeconfig or None,
         conf_dir=Path(args.cni_conf_dir) if args.cni_conf_dir else None,
         conf_name=args.cni_conf_name,
         conf_template=Path(args.cni_conf_template) if args.cni_conf_template else None,
+        data_root=Path(args.cni_data_root),
         grace_period=args.grace_period,
         resync=args.resync,
+        cross_node=args.cross_node,
+        vxlan_vni=args.vxlan_vni,
+        vxlan_port=args.vxlan_port,
+        vxlan_device=args.vxlan_device,
     )
+    _check_overlay(options)
+    return options
+
+
+def _check_overlay(options: KubeOptions) -> None:
+    from loxicni.net.errors import OverlayError
+
+    try:
+        options.overlay()
+    except OverlayError as exc:
+        raise SystemExit(f"loxi-cni agent: {exc}") from exc
 
 
 def _agent(args: argparse.Namespace) -> int:
@@ -77,7 +101,57 @@ def _status(args: argparse.Namespace) -> int:
         print(f"quarantined record (left untouched): {bad}")
     for network, count in sorted(info["addressesInUse"].items()):
         print(f"addresses in use, {network}: {count}")
+    if "crossNode" in info:
+        _print_cross_node(info["crossNode"])
     return code
+
+
+def _print_cross_node(cross: dict[str, Any]) -> None:
+    if "error" in cross:
+        print(f"cross-node: cannot report ({cross['error']})")
+        return
+    ips = ", ".join(map(str, cross.get("nodeIPs") or [])) or "no node IP"
+    print(f"cross-node: {cross['mode']} on {cross['node']} ({ips}), pod MTU {cross['podMTU']}")
+    print(
+        f"peers programmed: {cross['peersProgrammed']} of {cross['peers']} "
+        f"(direct {cross['direct']}, vxlan {cross['viaVxlan']})"
+    )
+    print(
+        f"last sync: {cross['lastSync'] or 'never'} ({cross['lastSyncRequests']} requests, "
+        f"{cross['lastSyncSeconds']} s); {cross['reason']}: {cross['message']}"
+    )
+    for peer, messages in sorted(cross.get("errors", {}).items()):
+        for message in messages:
+            print(f"peer {peer}: {message}")
+    for failure in cross.get("failures", []):
+        print(f"refused: {failure}")
+
+
+def _teardown(args: argparse.Namespace) -> int:
+    from loxicni.agent import teardown
+    from loxicni.net.errors import OverlayError
+    from loxicni.net.masq import NftError
+    from loxicni.net.overlay import OverlayConfig
+
+    default = OverlayConfig(device4=f"{args.vxlan_device}4", device6=f"{args.vxlan_device}6")
+    conf = Path(args.cni_conf_dir) / args.cni_conf_name if args.cni_conf_dir else None
+    try:
+        report = teardown.teardown(conf, default)
+    except (OverlayError, NftError, OSError) as exc:
+        print(f"loxi-cni teardown: {exc}")
+        return 1
+    if args.json:
+        print(json.dumps(report.__dict__))
+        return 0
+    print(f"overlay routes removed: {report.routes}")
+    print(f"vxlan devices removed: {', '.join(report.devices) or 'none'}")
+    print(f"cluster networks unexempted: {report.cluster_networks}")
+    print(f"masquerade table removed: {'yes' if report.masquerade_table else 'no'}")
+    print(f"CNI config removed: {report.conf or 'none'}")
+    print(f"bridges removed: {', '.join(report.bridges) or 'none'}")
+    for kept in report.kept:
+        print(f"kept: {kept}")
+    return 0
 
 
 def _add_version(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -128,6 +202,12 @@ def _add_kube_options(p: argparse.ArgumentParser) -> None:
         "pod CIDRs become its host-local ranges (default: a built-in bridge config)",
     )
     kube.add_argument(
+        "--cni-data-root",
+        default=DEFAULT_DATA_ROOT,
+        metavar="DIR",
+        help="the template's ipam.dataDir must be in this directory (default %(default)s)",
+    )
+    kube.add_argument(
         "--grace-period",
         type=float,
         default=DEFAULT_GRACE_PERIOD,
@@ -140,7 +220,36 @@ def _add_kube_options(p: argparse.ArgumentParser) -> None:
         type=float,
         default=DEFAULT_RESYNC,
         metavar="SECONDS",
-        help="full resync of the custom resources this often (default %(default)s)",
+        help="full resync of the custom resources (and of the cross-node overlay) this often "
+        "(default %(default)s)",
+    )
+    kube.add_argument(
+        "--cross-node",
+        choices=CROSS_NODE_MODES,
+        default="none",
+        help="reach the pods of the other nodes: 'routes' (a route to each node's pod CIDR "
+        "via its node IP: one L2 segment), 'vxlan' (every node through a vxlan device), "
+        "'auto' (routes to nodes one hop away, vxlan to the rest), 'none' (default)",
+    )
+    kube.add_argument(
+        "--vxlan-vni",
+        type=int,
+        default=DEFAULT_VXLAN_VNI,
+        metavar="VNI",
+        help="VXLAN network identifier, the same on every node (default %(default)s)",
+    )
+    kube.add_argument(
+        "--vxlan-port",
+        type=int,
+        default=DEFAULT_VXLAN_PORT,
+        metavar="PORT",
+        help="UDP port of the vxlan traffic, the same on every node (default %(default)s)",
+    )
+    kube.add_argument(
+        "--vxlan-device",
+        default=DEFAULT_VXLAN_DEVICE,
+        metavar="NAME",
+        help="vxlan device names: NAME4 and NAME6 (default %(default)s)",
     )
 
 
@@ -158,6 +267,29 @@ def _add_agent(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(func=_agent)
 
 
+def _add_teardown(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "teardown",
+        help="uninstall from this node (agent stopped, pods gone): the cross-node overlay, "
+        "the masquerade table's cluster networks, the CNI config and idle bridges",
+    )
+    p.add_argument(
+        "--cni-conf-dir",
+        default=DEFAULT_CONF_DIR,
+        metavar="DIR",
+        help="where the agent wrote the CNI config, '' to keep it (default %(default)s)",
+    )
+    p.add_argument("--cni-conf-name", default=DEFAULT_CONF_NAME, metavar="FILE")
+    p.add_argument(
+        "--vxlan-device",
+        default=DEFAULT_VXLAN_DEVICE,
+        metavar="NAME",
+        help="the vxlan devices' names if the agent left no record (default %(default)s)",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_teardown)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="loxi-cni",
@@ -168,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_version(sub)
     _add_agent(sub)
     _add_status(sub)
+    _add_teardown(sub)
     return parser
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -31,6 +31,8 @@ class Metrics:
         self.errors: Counter[tuple[str, int]] = Counter()
         self._buckets: dict[str, list[int]] = {}
         self._sums: dict[str, float] = {}
+        # More metric families, rendered after ours (e.g. the cross-node overlay's).
+        self.sources: list[Callable[[], list[str]]] = []
 
     def observe(self, command: str, seconds: float, code: int) -> None:
         with self._lock:
@@ -101,4 +103,6 @@ class Metrics:
         for pool in pools:
             labels = f'network="{pool.network}",range="{pool.range}"'
             lines.append(f"loxi_cni_addresses_free{{{labels}}} {pool.free}")
+        for source in self.sources:
+            lines += source()
         return "\n".join(lines) + "\n"

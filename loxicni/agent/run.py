@@ -9,12 +9,16 @@ import signal
 import threading
 from typing import TYPE_CHECKING
 
-from loxicni.agent import state
+from loxicni.agent import state, teardown
 from loxicni.agent.metrics import Metrics
 from loxicni.agent.metrics_http import start_metrics
 from loxicni.agent.server import AgentServer, AgentState, container_id
-from loxicni.base.logs import get_logger
+from loxicni.base import paths
+from loxicni.base.logs import confine_log_files, get_logger
 from loxicni.base.version import package_version
+from loxicni.ipam import store
+from loxicni.net.errors import OverlayError
+from loxicni.net.masq import NftError
 
 if TYPE_CHECKING:
     from loxicni.k8s.options import KubeOptions
@@ -33,6 +37,9 @@ class _ContainerFilter(logging.Filter):
 
 
 def _agent_logging() -> None:
+    # A network's logFile: written per request, and only in the log directory (the agent is
+    # root, and serves every network on the node).
+    confine_log_files(paths.log_dir())
     for handler in logging.getLogger().handlers:
         handler.addFilter(_ContainerFilter())
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
@@ -66,7 +73,19 @@ def _start_kubernetes(kube: KubeOptions, server: AgentServer, agent: AgentState)
     controller = Controller.from_options(kube, server.reaper)
     server.listeners.append(controller.attachment_changed)
     agent.sections["kubernetes"] = controller.status
-    controller.start()
+    config = kube.overlay()
+    try:
+        teardown.remove_leftovers(config)
+    except (OverlayError, NftError, OSError) as exc:
+        log.error("cannot remove the overlay of an earlier run: %s", exc)
+    if config is not None:
+        from loxicni.k8s.crossnode import CrossNode
+
+        cross = CrossNode(kube, controller.api, config, controller.nodeconf)
+        agent.sections["crossNode"] = cross.report
+        agent.metrics.sources.append(cross.metrics)
+        cross.start()
+    controller.start(watch_node=config is None)
 
 
 def _stop_on_signals(server: AgentServer) -> None:
@@ -81,6 +100,7 @@ def run_agent(
     socket_path: str, metrics_address: str | None, kube: KubeOptions | None = None
 ) -> int:
     _agent_logging()
+    store.enable_cache()
     agent = AgentState(Metrics(), package_version())
     _reconcile()
     server = AgentServer(socket_path, agent, _systemd_listen_fd())

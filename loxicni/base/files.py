@@ -1,4 +1,5 @@
-"""Whole-file replacement that a reader never sees half done, and the cleanup of its debris.
+"""Whole-file replacement that a reader never sees half done, and the cleanup of its debris;
+appending to a file confined to one directory.
 
 A writer puts the bytes in a temporary file beside the target and renames it over the target
 (rename is atomic within a directory). A writer killed in between leaves its temporary file:
@@ -10,6 +11,7 @@ live in different PID namespaces and cannot tell whether the other's PIDs are al
 from __future__ import annotations
 
 import os
+import stat
 import time
 from contextlib import suppress
 
@@ -19,6 +21,22 @@ TEMP_SUFFIX = ".tmp"
 TEMP_PREFIX = "."
 # A write takes milliseconds; a temp file this old belongs to a writer that died.
 STALE_AFTER = 600.0
+# Linux's CLOCK_REALTIME_COARSE, the clock the kernel stamps most file times from. It moves in
+# ticks (~4 ms) and lags the real time by up to about a tick: a file written just after a
+# time.time() reading can carry an earlier mtime. Some writes get a fine-grained stamp (the
+# real time; multigrain timestamps) instead, later than the coarse clock of the moment.
+_FILE_CLOCK = 5
+
+
+def file_time_mark_ns() -> int:
+    """A time that splits file writes: a file written before this call has an earlier mtime,
+    one written after it returns this one or later (to the ns; compare ``st_mtime_ns``). The
+    first reading of the file clock past the real time of the call: waits a tick or two."""
+    entry = time.time_ns()  # after every write before the call, fine-grained stamps included
+    give_up = time.monotonic() + 1.0  # a clock that stands still must not hang the caller
+    while (mark := time.clock_gettime_ns(_FILE_CLOCK)) <= entry and time.monotonic() < give_up:
+        time.sleep(0.0005)
+    return mark
 
 
 def temp_name(name: str) -> str:
@@ -29,7 +47,7 @@ def temp_name(name: str) -> str:
 def fixed_temp_name(name: str) -> str:
     """The one temporary name for ``name``, for writers serialised by a lock (see
     ``write_atomic``'s ``temp_path``)."""
-    return f"{TEMP_PREFIX}{name}{TEMP_SUFFIX}"
+    return f"{TEMP_PREFIX}{name}.locked{TEMP_SUFFIX}"
 
 
 def is_temp_name(name: str) -> bool:
@@ -117,3 +135,29 @@ def remove_stale_temps(
             continue
         removed.append(entry.name)
     return removed
+
+
+def open_append_in(directory: str, path: str) -> int:
+    """An fd appending to ``path``, a regular file directly in ``directory`` (created 0640 if
+    missing). Nothing named is followed if it is a symlink, neither ``directory`` nor the file,
+    and a file with other hard links is refused: whoever chooses ``path`` chooses nothing
+    outside ``directory``. ValueError or OSError says why not."""
+    name = os.path.basename(path)
+    if (
+        not os.path.isabs(path)
+        or os.path.dirname(os.path.normpath(path)) != os.path.normpath(directory)
+        or name in ("", ".", "..")
+    ):
+        raise ValueError(f"{path} is not a file directly in {directory}")
+    os.makedirs(directory, mode=0o750, exist_ok=True)
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+        fd = os.open(name, flags | os.O_CLOEXEC, 0o640, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        os.close(fd)
+        raise ValueError(f"{path} is not a regular file of its own")
+    return fd

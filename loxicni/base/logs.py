@@ -1,5 +1,11 @@
 """Logging: stderr always (runtimes capture it), a file when the config names one.
 
+A plugin run in-process serves one call, so the config's ``logFile`` simply becomes a handler
+of the process (``add_log_file``). The agent serves every network's calls as root: there a
+``logFile`` gets the lines of its own request only (``request_log``), and only if it names a
+file directly in the log directory, opened without following symlinks
+(``confine_log_files``); any other is ignored, with a warning on the agent's log.
+
 Importing ``logging`` (with the ``traceback``, ``string`` and friends it pulls in) costs ~3-5 ms
 of every plugin start, while a call that goes well logs nothing at the default level. So, in a
 process that has not imported ``logging`` yet, ``setup_logging`` only records the level, and the
@@ -10,9 +16,14 @@ agent, the tests) they are plain ``logging`` loggers.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
+
+from loxicni.base import files
 
 FORMAT = "%(asctime)s %(levelname)s loxi-cni[%(process)d] %(message)s"
 # logging's level names (logging._nameToLevel), known here without importing it.
@@ -106,3 +117,74 @@ def add_log_file(path: str) -> None:
     root.addHandler(handler)
     if root.level > logging.INFO:
         root.setLevel(logging.INFO)
+
+
+def use_log_file(path: str) -> None:
+    """The config of the call being served names ``path`` as its ``logFile``."""
+    if _confined_to is None:
+        add_log_file(path)
+        return
+    scope = _request.get()
+    if scope is None or scope.fd is not None:
+        return  # not serving a request (reconcile, a release), or already opened
+    try:
+        scope.fd = files.open_append_in(_confined_to, path)
+    except (OSError, ValueError) as exc:
+        if path not in _warned:  # once per path, not once per request
+            if len(_warned) < 256:
+                _warned.add(path)
+            get_logger(__name__).warning(
+                "logFile %s ignored: the agent writes only files directly in %s (%s)",
+                path,
+                _confined_to,
+                exc,
+            )
+
+
+class _RequestLog:
+    def __init__(self) -> None:
+        self.fd: int | None = None
+
+
+_confined_to: str | None = None  # set in the agent: where a logFile may be
+_request: contextvars.ContextVar[_RequestLog | None] = contextvars.ContextVar(
+    "request_log", default=None
+)
+_warned: set[str] = set()
+
+
+def confine_log_files(directory: str) -> None:
+    """Agent mode: a ``logFile`` is written per request (``request_log``) and only directly
+    in ``directory``. Call once, before the agent sets its handlers' format."""
+    global _confined_to
+    _apply()
+    import logging
+
+    class RequestFile(logging.Handler):
+        """Writes a record to the log file of the request the emitting thread serves."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            scope = _request.get()
+            if scope is None or scope.fd is None:
+                return
+            try:
+                line = self.format(record) + "\n"
+                os.write(scope.fd, line.encode("utf-8", "backslashreplace"))
+            except Exception:
+                self.handleError(record)
+
+    _confined_to = directory
+    logging.getLogger().addHandler(RequestFile())
+
+
+@contextmanager
+def request_log() -> Iterator[None]:
+    """Serve one request: its config's ``logFile``, if any, gets its lines until the end."""
+    scope = _RequestLog()
+    token = _request.set(scope)
+    try:
+        yield
+    finally:
+        _request.reset(token)
+        if scope.fd is not None:
+            os.close(scope.fd)

@@ -8,6 +8,8 @@ second agent in another network namespace) moves all of them with two variables:
 - ``LOXI_CNI_RUN_DIR`` (default ``/run/loxi-cni``): what a reboot must forget: per-attachment
   locks, the nftables lock, and the agent's socket.
 - ``LOXI_CNI_SOCKET`` overrides the socket alone (default ``<run dir>/agent.sock``).
+- ``LOXI_CNI_LOG_DIR`` (default ``/var/log/loxi-cni``): the only directory where the agent
+  writes a network config's ``logFile``.
 
 Standard library only: the thin client imports this on every call.
 """
@@ -18,6 +20,7 @@ import os
 
 DEFAULT_STATE_DIR = "/var/lib/loxi-cni"
 DEFAULT_RUN_DIR = "/run/loxi-cni"
+DEFAULT_LOG_DIR = "/var/log/loxi-cni"
 SOCKET_NAME = "agent.sock"
 
 
@@ -43,3 +46,11 @@ def locks_dir() -> str:
 
 def nft_lock() -> str:
     return os.path.join(run_dir(), "nft.lock")
+
+
+def log_dir() -> str:
+    return os.environ.get("LOXI_CNI_LOG_DIR") or DEFAULT_LOG_DIR
+
+
+def overlay_record() -> str:
+    return os.path.join(state_dir(), "overlay.json")

@@ -17,6 +17,17 @@ def valid_network_name(name: str) -> bool:
     return _NETWORK_NAME.fullmatch(name) is not None
 
 
+def is_utf8(text: str) -> bool:
+    """False if ``text`` holds a lone surrogate: bytes that were not UTF-8 (``os.environ``
+    keeps them so), or a JSON ``\\udcxx`` escape. Neither can be written back out as text, in
+    a result, a record or a log line, as it came in."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def byte_len(text: str) -> int:
     """Length as the kernel counts it: the bytes the runtime put in the environment (which
     ``os.environ`` decoded with surrogateescape) or the config's UTF-8."""
@@ -30,6 +41,8 @@ def ifname_problem(name: str) -> str | None:
     """Why ``name`` cannot be a link name, or None if it can."""
     if not name:
         return "is empty"
+    if not is_utf8(name):
+        return "is not valid UTF-8"
     if byte_len(name) > IFNAME_MAX_BYTES:
         return f"is too long: at most {IFNAME_MAX_BYTES} bytes"
     if name in (".", ".."):

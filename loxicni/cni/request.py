@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from loxicni.cni.errors import CniError, Code
-from loxicni.cni.names import ifname_problem
+from loxicni.cni.names import ifname_problem, is_utf8
 from loxicni.cni.version import LATEST, SUPPORTED_VERSIONS, at_least
 
 # Environment each command cannot do without (CNI_COMMAND itself is checked first).
@@ -77,6 +77,8 @@ def parse_cni_args(raw: str) -> tuple[tuple[str, str], ...]:
     """Split CNI_ARGS ("K=V;K2=V2") into pairs; a value may itself contain '='."""
     if raw == "":
         return ()
+    if not is_utf8(raw):
+        raise CniError(Code.INVALID_ENV, "CNI_ARGS is not valid UTF-8")
     pairs: list[tuple[str, str]] = []
     for part in raw.split(";"):
         key, sep, value = part.partition("=")

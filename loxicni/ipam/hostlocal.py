@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import suppress
 
 from loxicni.cni.errors import CniError, Code
@@ -200,27 +200,34 @@ def check(cfg: HostLocalConfig, container_id: str, ifname: str) -> list[IPAddres
 
 
 def gc(
-    cfg: HostLocalConfig, valid: Collection[tuple[str, str]], started: float | None = None
+    cfg: HostLocalConfig,
+    valid: Collection[tuple[str, str]],
+    started_ns: int | None = None,
+    keep: Callable[[str, str], bool] | None = None,
 ) -> list[IPAddress]:
     """GC: free every reservation not held by a valid attachment; returns what was freed.
 
     Old-format files (container ID only) stay while any attachment of that container is valid.
-    A reservation made at or after ``started`` stays too: the valid list is older than it.
+    A reservation made at or after ``started_ns`` (``files.file_time_mark_ns``) stays too: the
+    valid list is older than it. So does one whose holder ``keep(container_id, ifname)``.
     """
     store = Store(cfg.data_dir, cfg.network)
     if not store.exists():
         return []
-    keep = {(cid.strip(), ifname) for cid, ifname in valid}
-    keep_containers = {cid for cid, _ in keep}
+    listed = {(cid.strip(), ifname) for cid, ifname in valid}
+    listed_containers = {cid for cid, _ in listed}
     released: list[IPAddress] = []
-    holders = set(keep)
+    holders = set(listed)
     with store.locked():
         for ip, (cid, ifname) in store.reservations().items():
-            alive = (cid, ifname) in keep if ifname else cid in keep_containers
-            if alive or (started is not None and store.reserved_at(ip) >= started):
+            held = (
+                ((cid, ifname) in listed if ifname else cid in listed_containers)
+                or (keep is not None and keep(cid, ifname))
+                or (started_ns is not None and store.reserved_at_ns(ip) >= started_ns)
+            )
+            if held:
                 holders.add((cid, ifname))
-                continue
-            if store.release(ip):
+            elif store.release(ip):
                 released.append(ip)
         store.prune_index(holders)
     return released

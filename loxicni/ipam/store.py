@@ -33,6 +33,7 @@ from pathlib import Path
 from loxicni.base import faults, files
 from loxicni.cni.errors import CniError, Code
 from loxicni.cni.types import IPAddress
+from loxicni.ipam.dirwatch import DirWatch
 
 LOCK_NAME = "lock"
 LAST_RESERVED_PREFIX = "last_reserved_ip."
@@ -74,6 +75,16 @@ def _makedirs(path: Path) -> None:
         os.mkdir(path, DIR_MODE)
 
 
+def _write_in_place(path: Path, data: bytes, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
 def _unlink_quiet(path: Path) -> None:
     with suppress(FileNotFoundError):
         os.unlink(path)
@@ -91,6 +102,7 @@ class Store:
     def __init__(self, data_dir: Path, network: str) -> None:
         self.dir = data_dir / network
         self.index_dir = data_dir / INDEX_DIR_NAME / network
+        self._cache: _Cache | None = None  # set while locked, in a process that caches
 
     # -- locking ---------------------------------------------------------------------------
 
@@ -106,8 +118,12 @@ class Store:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
+                self._cache = _begin(self.dir)
                 yield
             finally:
+                if self._cache is not None:
+                    self._cache.end()
+                    self._cache = None
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
@@ -133,15 +149,18 @@ class Store:
 
     def owner(self, ip: IPAddress) -> tuple[str, str] | None:
         """Who holds ``ip`` ((containerID, ifname), ifname "" for old files), None if free."""
-        content = self._read(self._path(ip))
+        if self._cache is not None and self._cache.entries is not None:
+            content = self._cache.entries.get(str(ip))
+        else:
+            content = self._read(self._path(ip))
         return None if content is None else owner_of(content)
 
-    def reserved_at(self, ip: IPAddress) -> float:
-        """When ``ip`` was reserved (its file's mtime); 0 if it is free."""
+    def reserved_at_ns(self, ip: IPAddress) -> int:
+        """When ``ip`` was reserved (its file's mtime, in ns); 0 if it is free."""
         try:
-            return os.stat(self._path(ip), follow_symlinks=False).st_mtime
+            return os.stat(self._path(ip), follow_symlinks=False).st_mtime_ns
         except FileNotFoundError:
-            return 0.0
+            return 0
 
     def reserve(self, ip: IPAddress, container_id: str, ifname: str, range_set_index: int) -> bool:
         """Reserve ``ip`` for the attachment; False if it is taken. Records last_reserved_ip."""
@@ -152,8 +171,10 @@ class Store:
                 return False
             self._index_add(cid, ifname, ip)
             faults.step("ipam-index")
-            if not self._create(path, f"{cid}{LINE_BREAK}{ifname}".encode()):
+            content = f"{cid}{LINE_BREAK}{ifname}"
+            if not self._create(path, content.encode()):
                 return False
+            self._cached(path.name, content)
             self._write_last_reserved(range_set_index, ip)
         except OSError as e:
             raise _io_error("cannot reserve", path, e) from e
@@ -186,21 +207,14 @@ class Store:
         return True
 
     def _write_last_reserved(self, range_set_index: int, ip: IPAddress) -> None:
-        """Replace last_reserved_ip.<index> atomically (a torn one only costs round-robin);
-        the temporary file lives in our index directory, where the reference never looks."""
-        final = self.dir / f"{LAST_RESERVED_PREFIX}{range_set_index}"
-        data = str(ip).encode()
-        try:
-            files.write_atomic(final, data, mode=LAST_RESERVED_MODE, temp_dir=self.index_dir)
-        except OSError as e:
-            if e.errno != errno.EXDEV:
-                raise
-            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-            fd = os.open(final, flags, LAST_RESERVED_MODE)
-            try:
-                os.write(fd, data)
-            finally:
-                os.close(fd)
+        """Rewrite last_reserved_ip.<index> in place, as the reference does: a torn one only
+        costs round-robin (it then starts from the range's beginning), while a rename over
+        it would make ext4 flush the file at every ADD."""
+        _write_in_place(
+            self.dir / f"{LAST_RESERVED_PREFIX}{range_set_index}",
+            str(ip).encode(),
+            LAST_RESERVED_MODE,
+        )
 
     def last_reserved(self, range_set_index: int) -> IPAddress | None:
         """The last address reserved from a range set, None if unknown or unreadable."""
@@ -221,25 +235,46 @@ class Store:
             return False
         except OSError as e:
             raise _io_error("cannot release", path, e) from e
+        finally:
+            self._cached(path.name, None)
         if holder is not None and holder[1]:
             self._index_remove(holder[0], holder[1], ip)
         return True
 
-    def _scan(self) -> Iterator[tuple[IPAddress, str]]:
-        """Every reservation file: (address, content). Only files named by an address count,
-        so ``lock``, ``last_reserved_ip.*`` and strays are never taken for reservations."""
+    def _cached(self, name: str, content: str | None) -> None:
+        """Keep the in-memory view in step with a change we made (None: removed)."""
+        if self._cache is not None:
+            self._cache.changed(name, content)
+
+    def _view(self) -> dict[str, str]:
+        """Every reservation file's name and content: from memory when the directory is
+        watched and nobody else changed it, else read (and remembered)."""
+        if self._cache is not None and self._cache.entries is not None:
+            return self._cache.entries
+        entries: dict[str, str] = {}
         try:
-            entries = sorted(os.scandir(self.dir), key=lambda e: e.name)
+            listing = list(os.scandir(self.dir))
         except FileNotFoundError:
-            return
+            return entries
         except OSError as e:
             raise _io_error("cannot list", self.dir, e) from e
-        for entry in entries:
-            ip = _parse_name(entry.name)
-            if ip is None or not entry.is_file(follow_symlinks=False):
+        for entry in listing:
+            if _parse_name(entry.name) is None or not entry.is_file(follow_symlinks=False):
                 continue
             content = self._read(Path(entry.path))
             if content is not None:
+                entries[entry.name] = content
+        if self._cache is not None:
+            self._cache.entries = entries
+        return entries
+
+    def _scan(self) -> Iterator[tuple[IPAddress, str]]:
+        """Every reservation file: (address, content), by name. Only files named by an
+        address count, so ``lock``, ``last_reserved_ip.*`` and strays are never taken for
+        reservations."""
+        for name, content in sorted(self._view().items()):
+            ip = _parse_name(name)
+            if ip is not None:
                 yield ip, content
 
     def reservations(self) -> dict[IPAddress, tuple[str, str]]:
@@ -251,7 +286,8 @@ class Store:
         """Addresses the attachment holds, old-format files of the container included
         (the reference's GetByID). Full scan."""
         new, old = _keys(container_id, ifname)
-        return [ip for ip, content in self._scan() if content.strip() in (new, old)]
+        names = sorted(n for n, content in self._view().items() if content.strip() in (new, old))
+        return [ip for ip in map(_parse_name, names) if ip is not None]
 
     def release_attachment(self, container_id: str, ifname: str) -> list[IPAddress]:
         """Free everything the attachment holds, normally without a scan; returns what was freed.
@@ -282,6 +318,8 @@ class Store:
             return False
         except OSError as e:
             raise _io_error("cannot release", self._path(ip), e) from e
+        finally:
+            self._cached(str(ip), None)
         return True
 
     # -- attachment index ------------------------------------------------------------------
@@ -315,7 +353,9 @@ class Store:
             self._index_drop(container_id, ifname)
             return
         doc = {"containerID": container_id.strip(), "ifname": ifname, "ips": [str(i) for i in ips]}
-        files.write_atomic(path, json.dumps(doc).encode(), mode=INDEX_MODE)
+        # In place: a torn entry does not parse and reads as no entry, which DEL answers with
+        # a scan; the index is only ever a hint.
+        _write_in_place(path, json.dumps(doc).encode(), INDEX_MODE)
 
     def _index_add(self, container_id: str, ifname: str, ip: IPAddress) -> None:
         """Add ``ip`` before it is reserved, dropping addresses the attachment no longer holds."""
@@ -377,3 +417,60 @@ def _keys(container_id: str, ifname: str) -> tuple[str, str]:
     """Reservation contents that name the attachment: current format, and the old ID-only one."""
     cid = container_id.strip()
     return f"{cid}{LINE_BREAK}{ifname}", cid
+
+
+# -- the agent's memory of each store ------------------------------------------------------
+
+_caching = False
+_caches: dict[Path, _Cache] = {}
+
+
+def enable_cache() -> None:
+    """Remember each store's reservations between calls (the agent): a lookup then costs no
+    directory scan. Changes by anyone else are seen through inotify and force a rescan."""
+    global _caching
+    _caching = True
+
+
+class _Cache:
+    def __init__(self, directory: Path) -> None:
+        self.watch = DirWatch(str(directory))  # before the first scan: no change goes unseen
+        self.entries: dict[str, str] | None = None  # None: read the directory again
+        self.touched: set[str] = set()
+
+    def begin(self) -> None:
+        """Under the lock: forget the view if anyone changed a reservation since we left."""
+        seen = self.watch.changes()
+        if seen is None or any(_parse_name(n) is not None for n in seen):
+            self.entries = None
+
+    def changed(self, name: str, content: str | None) -> None:
+        self.touched.add(name)
+        if self.entries is not None:
+            if content is None:
+                self.entries.pop(name, None)
+            else:
+                self.entries[name] = content
+
+    def end(self) -> None:
+        """Still under the lock: the events queued now are ours, unless they name something
+        we did not touch (a writer that ignores the lock)."""
+        seen = self.watch.changes()
+        if seen is None or any(_parse_name(n) is not None and n not in self.touched for n in seen):
+            self.entries = None
+        self.touched.clear()
+
+
+def _begin(directory: Path) -> _Cache | None:
+    if not _caching:
+        return None
+    cache = _caches.get(directory)
+    if cache is None or cache.watch.lost:
+        if cache is not None:
+            cache.watch.close()
+        try:
+            cache = _caches[directory] = _Cache(directory)
+        except OSError:
+            return None  # no inotify (limits): read the directory every time
+    cache.begin()
+    return cache

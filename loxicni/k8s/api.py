@@ -17,21 +17,33 @@ from typing import Any
 import httpx2 as httpx
 from lightkube import ApiError, Client, KubeConfig
 from lightkube.config.client_adapter import verify_cluster
-from lightkube.generic_resource import create_namespaced_resource
+from lightkube.generic_resource import create_global_resource, create_namespaced_resource
 from lightkube.resources.core_v1 import Node, Pod, PodStatus
 from lightkube.types import PatchType
 
-from loxicni.k8s import attachments
+from loxicni.k8s import attachments, nodenetwork
+from loxicni.k8s.group import GROUP, NODE_LABEL, VERSION, node_label
 from loxicni.k8s.pods import CONFIG_MIRROR
 
 FIELD_MANAGER = "loxi-cni-agent"
 REQUEST_TIMEOUT = 10.0
 
 PodNetworkInterface = create_namespaced_resource(
-    attachments.GROUP, attachments.VERSION, attachments.KIND, attachments.PLURAL
+    GROUP, VERSION, attachments.KIND, attachments.PLURAL
 )
 
-__all__ = ["FIELD_MANAGER", "Api", "ApiError", "Node", "Pod", "PodNetworkInterface", "connect"]
+NodeNetwork = create_global_resource(GROUP, VERSION, nodenetwork.KIND, nodenetwork.PLURAL)
+
+__all__ = [
+    "FIELD_MANAGER",
+    "Api",
+    "ApiError",
+    "Node",
+    "NodeNetwork",
+    "Pod",
+    "PodNetworkInterface",
+    "connect",
+]
 
 
 def _quiet_http_logs() -> None:
@@ -109,12 +121,25 @@ class Api:
     def interfaces(self) -> dict[tuple[str, str], dict[str, Any]]:
         """This node's PodNetworkInterfaces, by (namespace, name)."""
         out: dict[tuple[str, str], dict[str, Any]] = {}
-        selector: dict[str, Any] = {attachments.NODE_LABEL: attachments.node_label(self.node)}
+        selector: dict[str, Any] = {NODE_LABEL: node_label(self.node)}
         for obj in self.client.list(PodNetworkInterface, namespace="*", labels=selector):
             data = dict(obj)
             meta = data.get("metadata") or {}
             out[(meta.get("namespace", ""), meta.get("name", ""))] = data
         return out
+
+    def apply_node_network(self, body: dict[str, Any]) -> None:
+        """Create or update this node's NodeNetwork (server-side apply)."""
+        self.client.apply(NodeNetwork(**body), field_manager=FIELD_MANAGER, force=True)
+
+    def node_network(self) -> dict[str, Any] | None:
+        """This node's NodeNetwork as the API holds it; None if there is none."""
+        try:
+            return dict(self.client.get(NodeNetwork, self.node))
+        except ApiError as exc:
+            if exc.status.code == 404:
+                return None
+            raise
 
     def pod_uids(self, namespace: str, name: str) -> set[str]:
         """The UIDs the Pod now called ``namespace/name`` answers to: its own, and for a mirror

@@ -7,7 +7,6 @@ K8S_POD_NAME, K8S_POD_UID), the interface from the ADD's result. Pure functions,
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -15,15 +14,12 @@ from typing import Any
 
 from loxicni.cni.errors import CniError
 from loxicni.cni.request import parse_cni_args
+from loxicni.k8s.group import API_VERSION, NODE_LABEL, node_label
 from loxicni.plugin import records
 from loxicni.plugin.config import DEFAULT_BRIDGE
 
-GROUP = "loxicni.io"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "PodNetworkInterface"
 PLURAL = "podnetworkinterfaces"
-NODE_LABEL = f"{GROUP}/node"
 NETWORK_STATUS = "k8s.v1.cni.cncf.io/network-status"
 # The kubelet asks for the pod's cluster network as eth0: that one is the pod's default.
 DEFAULT_IFNAME = "eth0"
@@ -106,13 +102,6 @@ def from_record(record: records.Record) -> Attachment | None:
         bridge=bridge,
         vlan=vlan,
     )
-
-
-def node_label(node: str) -> str:
-    """A label value naming the node (label values hold at most 63 characters)."""
-    if len(node) <= 63:
-        return node
-    return "h-" + hashlib.sha256(node.encode()).hexdigest()[:40]
 
 
 def resource_body(att: Attachment, node: str, uid: str, state: str = READY) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from loxicni.k8s import attachments
 from loxicni.k8s.api import Api, ApiError, Node, Pod, connect
 from loxicni.k8s.attachments import Attachment
 from loxicni.k8s.backoff import Backoff
+from loxicni.k8s.group import NODE_LABEL
 from loxicni.k8s.nodeconf import NodeConfWriter
 from loxicni.k8s.options import KubeOptions
 from loxicni.k8s.pods import PodCache, PodInfo, pod_info
@@ -49,7 +50,7 @@ def _fingerprint(obj: dict[str, Any]) -> str:
     """What we own of a PodNetworkInterface, comparable between ours and the API's."""
     meta = obj.get("metadata") or {}
     owners = [o.get("uid") for o in meta.get("ownerReferences") or []]
-    labels = {attachments.NODE_LABEL: (meta.get("labels") or {}).get(attachments.NODE_LABEL)}
+    labels = {NODE_LABEL: (meta.get("labels") or {}).get(NODE_LABEL)}
     return json.dumps(
         [obj.get("spec"), obj.get("status"), labels, owners], sort_keys=True, default=str
     )
@@ -90,6 +91,9 @@ class Controller:
         self.published: dict[tuple[str, str], str] | None = None  # (ns, name) -> fingerprint
         self.annotated: dict[str, str] = {}  # pod UID -> the network-status we wrote
         self.orphan_since: dict[str, float] = {}  # record key -> monotonic time first missed
+        # Resources the API refused as they are (say, a namespace being deleted): not sent
+        # again until they change or the next relist.
+        self.refused: dict[tuple[str, str], str] = {}
         self.last_relist = 0.0
         self.syncs = 0
         self.released_total = 0
@@ -119,9 +123,12 @@ class Controller:
         return cls(options, Api(connect(options.kubeconfig), options.node_name), reaper)
 
     # ---------------------------------------------------------------------- lifecycle
-    def start(self) -> None:
+    def start(self, *, watch_node: bool = True) -> None:
+        """``watch_node=False``: someone else feeds ``nodeconf`` this node's Node (the
+        cross-node overlay, which watches every Node anyway)."""
         self.pod_watch.start()
-        self.node_watch.start()
+        if watch_node:
+            self.node_watch.start()
         threading.Thread(target=self._run, name="k8s-sync", daemon=True).start()
         log.info(
             "Kubernetes mode: node %s, grace period %.0f s, resync %.0f s",
@@ -227,6 +234,7 @@ class Controller:
         hand comes back), else as we last wrote them."""
         if self.published is None or now - self.last_relist >= self.options.resync:
             self.published = {k: _fingerprint(v) for k, v in self.api.interfaces().items()}
+            self.refused.clear()
             self.last_relist = now
             self.nodeconf.refresh()
         return self.published
@@ -300,8 +308,9 @@ class Controller:
         """Apply what differs, mark orphans, delete what no record backs."""
         for where, body in plan.desired.items():
             fingerprint = _fingerprint(body)
-            if published.get(where) != fingerprint:
-                self.api.apply_interface(body)
+            if published.get(where) == fingerprint or self.refused.get(where) == fingerprint:
+                continue
+            if self._apply(where, body, fingerprint):
                 published[where] = fingerprint
                 report.applied += 1
         for where, body in plan.orphaned.items():
@@ -317,6 +326,25 @@ class Controller:
             self.api.delete_interface(*where)
             del published[where]
             report.deleted += 1
+
+    def _apply(self, where: tuple[str, str], body: dict[str, Any], fingerprint: str) -> bool:
+        """Apply one resource; False if the API refuses this one (the others still go)."""
+        try:
+            self.api.apply_interface(body)
+        except ApiError as exc:
+            code = exc.status.code or 0
+            if code < 400 or code >= 500 or code in (401, 429):
+                raise  # the API, not this resource: the whole sync backs off
+            log.warning(
+                "the API refused PodNetworkInterface %s/%s (%d): %s",
+                *where,
+                code,
+                exc.status.message,
+            )
+            self.refused[where] = fingerprint
+            return False
+        self.refused.pop(where, None)
+        return True
 
     def _annotate_pods(self, by_pod: dict[str, list[Attachment]], report: SyncReport) -> None:
         for uid, atts in by_pod.items():

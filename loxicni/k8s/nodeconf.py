@@ -7,25 +7,22 @@ from typing import Any
 
 from loxicni.base.logs import get_logger
 from loxicni.k8s import cniconf
+from loxicni.k8s.nodes import pod_cidrs_of
 from loxicni.k8s.options import KubeOptions
 
 log = get_logger(__name__)
 
 
-def pod_cidrs_of(node: Any) -> list[str]:
-    """``spec.podCIDRs`` (dual stack), else the older single ``spec.podCIDR``."""
-    spec = node.spec
-    if spec is None:
-        return []
-    if spec.podCIDRs:
-        return list(spec.podCIDRs)
-    return [spec.podCIDR] if spec.podCIDR else []
-
-
 class NodeConfWriter:
+    """Writes the node's CNI config. With a cross-node mode that encapsulates, pods must get
+    the overlay's smaller MTU, which the overlay knows only once it has found the node's
+    underlay: until it says (``set_mtu``), a template without an ``mtu`` of its own is not
+    written, so no pod is ever made at an MTU its traffic does not fit."""
+
     def __init__(self, options: KubeOptions) -> None:
         self.options = options
         self.pod_cidrs: list[str] = []
+        self.mtu: int | None = None  # the overlay's pod MTU, for templates that set none
         self.written = 0  # how many times the file was (re)written
         self.error = ""  # why the last attempt wrote nothing, if it failed
         self._lock = threading.Lock()
@@ -36,6 +33,14 @@ class NodeConfWriter:
             if cidrs != self.pod_cidrs:
                 log.info("node %s: pod CIDRs %s", self.options.node_name, ", ".join(cidrs) or "-")
             self.pod_cidrs = cidrs
+        self.refresh()
+
+    def set_mtu(self, mtu: int) -> None:
+        """The pod MTU the overlay needs; the file is rewritten if it changes."""
+        with self._lock:
+            if mtu == self.mtu:
+                return
+            self.mtu = mtu
         self.refresh()
 
     def refresh(self) -> None:
@@ -49,7 +54,16 @@ class NodeConfWriter:
             path = self.options.conf_dir / self.options.conf_name
             try:
                 template = cniconf.load_template(self.options.conf_template)
-                conf = cniconf.render(template, self.pod_cidrs)
+                if (
+                    self.options.encapsulates
+                    and self.mtu is None
+                    and not cniconf.sets_mtu(template)
+                ):
+                    self.error = "waiting for the cross-node overlay's pod MTU"
+                    return
+                conf = cniconf.render(
+                    template, self.pod_cidrs, self.mtu, str(self.options.data_root)
+                )
                 if cniconf.write_atomically(path, conf):
                     self.written += 1
                     log.info("wrote %s for pod CIDRs %s", path, ", ".join(self.pod_cidrs))

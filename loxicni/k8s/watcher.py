@@ -46,6 +46,7 @@ class Watcher(Generic[T]):
         stop: threading.Event,
         namespace: str | None = None,
         name: str = "watch",
+        chunk_size: int | None = None,
     ) -> None:
         self.client = client
         self.resource = resource
@@ -55,6 +56,7 @@ class Watcher(Generic[T]):
         self.stop = stop
         self.namespace = namespace
         self.name = name
+        self.chunk_size = chunk_size  # a list in pages of this many: bounded responses
         self.backoff = Backoff()
         self.resource_version: str | None = None
         self.lists = 0  # how many times it listed (relists after 410 included)
@@ -91,6 +93,7 @@ class Watcher(Generic[T]):
             self.resource,
             namespace=self.namespace,
             fields=self.fields,
+            chunk_size=self.chunk_size,
         )
         objects: list[T] = list(listing)
         version = str(listing.resourceVersion)

@@ -189,6 +189,12 @@ def set_group(ipr: Rtnl, index: int, group: int) -> bool:
     return _call_if_present(ipr, rtnl.link_set(index, group=group))
 
 
+def retire(ipr: Rtnl, index: int, group: int) -> bool:
+    """Take a bridge port out of service in one request: out of its bridge, down, and into
+    link group ``group`` (to be deleted with it); False if it is gone."""
+    return _call_if_present(ipr, rtnl.link_set(index, up=False, master=0, group=group))
+
+
 def delete_group(ipr: Rtnl, group: int) -> bool:
     """Delete every link of link group ``group`` in one request; False if there was none."""
     return _call_if_present(ipr, rtnl.link_del_group(group))

@@ -12,12 +12,16 @@ read-back.
 Representation: data, not rules. We own one table, ``table inet loxi-cni``, whose fixed
 ``postrouting`` chain (nat hook, srcnat priority) holds one rule per family::
 
-    ip saddr @pods4 ip daddr != 224.0.0.0/4 ip saddr . ip daddr != @local4 masquerade
+    ip saddr @pods4 ip daddr != 224.0.0.0/4 ip daddr != @cluster4
+        ip saddr . ip daddr != @local4 masquerade
 
 ``pods4`` is a hash set of pod addresses; ``local4`` is an interval set of
 ``pod-address . pod-subnet`` pairs, so each pod is exempt only for its *own* subnet, as in the
 reference plugin's per-container chains (``pods6``/``local6`` likewise). An attachment is its
-elements, each carrying the comment ``<network> <container-id> <ifname>``. Compared with a rule
+elements, each carrying the comment ``<network> <container-id> <ifname>``. ``cluster4`` /
+``cluster6`` are interval sets of the pod CIDRs of every node of the cluster, kept by the
+agent (``set_cluster_networks``) in step with the Nodes: traffic between pods of different
+nodes keeps its source address, so a pod sees its peer's own address. Compared with a rule
 (or chain plus jump rule) per attachment as the reference plugin does with iptables:
 
 * the packet path is two hash/interval lookups however many pods exist, not a linear rule walk
@@ -48,9 +52,18 @@ import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, ip_address, ip_network
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv4Network,
+    IPv6Address,
+    IPv6Interface,
+    IPv6Network,
+    ip_address,
+    ip_network,
+)
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import quote, unquote
@@ -68,10 +81,11 @@ SBIN_DIRS = "/usr/sbin:/sbin:/usr/local/sbin"
 _COMMENT_MAX = 128  # nft refuses longer comments (NFTNL_UDATA_COMMENT_MAXLEN)
 _PODS = {4: "pods4", 6: "pods6"}
 _LOCAL = {4: "local4", 6: "local6"}
+_CLUSTER = {4: "cluster4", 6: "cluster6"}
 _OUR_SETS = frozenset(_PODS.values()) | frozenset(_LOCAL.values())
 # Rule comments carry a version: a listing without exactly these rules (first use, an older
-# layout, or someone's edits) makes the next ADD re-declare everything.
-_RULE_COMMENTS = ("loxi-cni ipMasq v1 ipv4", "loxi-cni ipMasq v1 ipv6")
+# layout, or someone's edits) makes the next change re-declare everything.
+_RULE_COMMENTS = ("loxi-cni ipMasq v2 ipv4", "loxi-cni ipMasq v2 ipv6")
 
 # Declarations are idempotent ("add" of an existing table/set/chain is a no-op); the chain is
 # flushed and refilled so the rules exist exactly once whatever state we found.
@@ -82,11 +96,13 @@ add set {_T} pods4 {{ type ipv4_addr; }}
 add set {_T} local4 {{ type ipv4_addr . ipv4_addr; flags interval; }}
 add set {_T} pods6 {{ type ipv6_addr; }}
 add set {_T} local6 {{ type ipv6_addr . ipv6_addr; flags interval; }}
+add set {_T} cluster4 {{ type ipv4_addr; flags interval; }}
+add set {_T} cluster6 {{ type ipv6_addr; flags interval; }}
 add chain {_T} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}
 flush chain {_T} postrouting
-add rule {_T} postrouting ip saddr @pods4 ip daddr != 224.0.0.0/4 \
+add rule {_T} postrouting ip saddr @pods4 ip daddr != 224.0.0.0/4 ip daddr != @cluster4 \
 ip saddr . ip daddr != @local4 masquerade comment "{_RULE_COMMENTS[0]}"
-add rule {_T} postrouting ip6 saddr @pods6 ip6 daddr != ff00::/8 \
+add rule {_T} postrouting ip6 saddr @pods6 ip6 daddr != ff00::/8 ip6 daddr != @cluster6 \
 ip6 saddr . ip6 daddr != @local6 masquerade comment "{_RULE_COMMENTS[1]}"
 """
 
@@ -124,6 +140,9 @@ class _Elem(NamedTuple):
 class _State(NamedTuple):
     elems: list[_Elem]
     rules_ok: bool  # table, sets, chain and our rules are all in place
+    # (set, network as ``ip_network`` spells it, or a range as listed) -> the key as listed
+    cluster: dict[tuple[str, str], str]
+    exists: bool = True  # the table is there at all
 
 
 def add_masquerade(
@@ -187,6 +206,64 @@ def masqueraded_attachments(network: str) -> set[tuple[str, str]]:
     return out
 
 
+# --- the cluster's pod networks -------------------------------------------------------------
+
+
+def _outermost(networks: Iterable[IPv4Network | IPv6Network]) -> set[str]:
+    """``networks`` (of one family) less those inside another (an interval set refuses
+    overlaps), as ``ip_network`` spells them. Two CIDRs either nest or are disjoint, so one
+    sweep in address order does it: a network starting inside the last one kept is in it."""
+    kept: list[str] = []
+    end = -1
+    for net in sorted(set(networks), key=lambda n: (int(n.network_address), n.prefixlen)):
+        if int(net.network_address) <= end:
+            continue
+        kept.append(str(net))
+        end = int(net.broadcast_address)
+    return set(kept)
+
+
+def set_cluster_networks(networks: Iterable[IPv4Network | IPv6Network]) -> bool:
+    """Never masquerade pod traffic to ``networks`` (the pod CIDRs of every node): the
+    cluster sets become exactly these, in one transaction, writing only the difference;
+    True if anything was written. An empty list on a host without our table creates none."""
+    nets = list(networks)
+    want = {
+        (_CLUSTER[v], key) for v in (4, 6) for key in _outermost(n for n in nets if n.version == v)
+    }
+    with _locked():
+        state = _read()
+        gone = [(name, listed) for (name, key), listed in state.cluster.items()
+                if (name, key) not in want]  # fmt: skip
+        new = sorted(want - state.cluster.keys())
+        script = "".join(f"delete element {_T} {name} {{ {key} }}\n" for name, key in gone)
+        script += "".join(f"add element {_T} {name} {{ {key} }}\n" for name, key in new)
+        if new and not state.rules_ok:
+            script = _BOOTSTRAP + script
+        if not script:
+            return False
+        _nft(["-f", "-"], script, "cannot update the cluster's pod networks not to masquerade")
+        return True
+
+
+def cluster_networks() -> set[str]:
+    """The networks exempt from masquerading, as ``ip_network`` spells them (a range put
+    there by hand as listed)."""
+    return {key for _, key in _read().cluster}
+
+
+def delete_table_if_unused() -> bool:
+    """Delete our table if no set holds an element (no attachment masquerades, no cluster
+    network is kept): what is left after every pod's DEL and the agent's teardown. Under
+    the lock, so no ADD comes in between (a later one makes the table again)."""
+    with _locked():
+        state = _read()
+        if not state.exists or state.elems or state.cluster:
+            return False
+        _nft(["delete", "table", "inet", TABLE], None, "cannot delete the masquerade table")
+        return True
+
+
 # --- attachment tags ------------------------------------------------------------------------
 
 
@@ -232,10 +309,11 @@ def _read() -> _State:
     proc = _run(["-j", "list", "table", "inet", TABLE], None, "cannot list masquerade table")
     if proc.returncode != 0:
         if "No such file or directory" in proc.stderr:
-            return _State([], rules_ok=False)
+            return _State([], rules_ok=False, cluster={}, exists=False)
         raise _failed("cannot list masquerade table", proc)
     try:
         elems: list[_Elem] = []
+        cluster: dict[tuple[str, str], str] = {}
         chain_ok = False
         rule_comments: list[str] = []
         for obj in json.loads(proc.stdout)["nftables"]:
@@ -248,6 +326,11 @@ def _read() -> _State:
                     addr = ip_address(key.split(" . ")[0].split("/")[0].split("-")[0])
                     tag = "" if elem is None else str(elem.get("comment", ""))
                     elems.append(_Elem(s["name"], key, addr, tag))
+            elif s is not None and s.get("name") in _CLUSTER.values():
+                for item in s.get("elem", ()):
+                    elem = item["elem"] if isinstance(item, dict) and "elem" in item else None
+                    key = _render(item if elem is None else elem["val"])
+                    cluster[(s["name"], _spelled(key))] = key
             elif (c := obj.get("chain")) is not None and c.get("name") == "postrouting":
                 chain_ok = (c.get("type"), c.get("hook"), c.get("prio")) == (
                     "nat",
@@ -256,9 +339,19 @@ def _read() -> _State:
                 )
             elif (r := obj.get("rule")) is not None and r.get("chain") == "postrouting":
                 rule_comments.append(str(r.get("comment", "")))
-        return _State(elems, rules_ok=chain_ok and tuple(rule_comments) == _RULE_COMMENTS)
+        rules_ok = chain_ok and tuple(rule_comments) == _RULE_COMMENTS
+        return _State(elems, rules_ok=rules_ok, cluster=cluster)
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise NftError("cannot parse nft's listing of the masquerade table", repr(e)) from e
+
+
+def _spelled(key: str) -> str:
+    """A cluster set's element as ``ip_network`` spells it: nft prints a prefix as Python
+    does (RFC 5952 for IPv6), but a single address without its length. Thousands are read at
+    every resync: no parsing."""
+    if "/" in key or "-" in key:
+        return key
+    return f"{key}/128" if ":" in key else f"{key}/32"
 
 
 def _add_lines(elems: Sequence[_Elem]) -> str:

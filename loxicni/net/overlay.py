@@ -73,13 +73,17 @@ class OverlayConfig:
 class SyncReport:
     """What a sync did: ``requests`` sent that change the kernel, by kind in ``changes``
     ("route add", "route replace", "route del", "neigh set", "neigh del", "fdb set",
-    "fdb del"), the ones the kernel refused, the peers left out, the devices made."""
+    "fdb del"), the ones the kernel refused (all in ``failures``; those of a peer's entries
+    also under its name in ``peer_failures``), the peers left out, the devices made, and the
+    peers the desired state reaches by each path ({"direct": names, "vxlan": names})."""
 
     requests: int = 0
     changes: Counter[str] = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
+    peer_failures: dict[str, list[str]] = field(default_factory=dict)
     skipped: list[Skipped] = field(default_factory=list)
     devices: dict[str, str] = field(default_factory=dict)  # name -> "created", "recreated: ..."
+    paths: dict[str, set[str]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -175,6 +179,7 @@ class _Change(NamedTuple):
     kind: str  # for the report: "route add", "neigh del", ...
     request: rtnl.Request
     subject: PeerRoute | OwnedRoute | tuple[object, ...]  # formatted only for a failure
+    peer: str  # whose entry it is; "" for one of no current peer (a stale entry)
 
     def describe(self) -> str:
         s = self.subject
@@ -205,6 +210,7 @@ def _same(have: OwnedRoute, want: PeerRoute) -> bool:
 
 def _diff(desired: Desired, observed: _Observed, config: OverlayConfig) -> list[_Change]:
     """The requests that turn ``observed`` into ``desired``, in a safe order (module doc)."""
+    owner = desired.owners
     route_dels: list[_Change] = []
     route_sets: list[_Change] = []
     for dst, owned in observed.routes.items():
@@ -212,16 +218,15 @@ def _diff(desired: Desired, observed: _Observed, config: OverlayConfig) -> list[
         for route in sorted(owned, key=lambda r: r.metric):
             if route is not keep:
                 request = owned_routes.delete_request(route, config.protocol, config.table)
-                route_dels.append(_Change("route del", request, route))
+                route_dels.append(_Change("route del", request, route, owner.get(dst, "")))
     for dst, want in desired.routes.items():
         have = _kept(observed.routes.get(dst, []), dst)
         if have is None:
-            route_sets.append(
-                _Change("route add", _route_request(want, config, replace=False), want)
-            )
+            request = _route_request(want, config, replace=False)
+            route_sets.append(_Change("route add", request, want, owner[dst]))
         elif not _same(have, want):
             request = _route_request(want, config, replace=True)
-            route_sets.append(_Change("route replace", request, want))
+            route_sets.append(_Change("route replace", request, want, owner[dst]))
 
     entry_sets: list[_Change] = []
     entry_dels: list[_Change] = []
@@ -229,23 +234,26 @@ def _diff(desired: Desired, observed: _Observed, config: OverlayConfig) -> list[
         want_neigh = desired.neighbours.get(dev, {})
         for ip in have_neigh.keys() - want_neigh.keys():
             request = rtnl.neigh_del(family(ip.version), dev, ip.packed)
-            entry_dels.append(_Change("neigh del", request, (ip, "dev", dev)))
+            entry_dels.append(_Change("neigh del", request, (ip, "dev", dev), owner.get(ip, "")))
     for dev, want_neigh in desired.neighbours.items():
         have_neigh = observed.neighbours.get(dev, {})
         for ip, mac in want_neigh.items():
             if have_neigh.get(ip) != mac:
                 request = rtnl.neigh_set(family(ip.version), dev, ip.packed, mac)
-                entry_sets.append(_Change("neigh set", request, (ip, mac, "dev", dev)))
+                subject: tuple[object, ...] = (ip, mac, "dev", dev)
+                entry_sets.append(_Change("neigh set", request, subject, owner[ip]))
     for dev, have_fdb in observed.fdb.items():
         want_fdb = desired.fdb.get(dev, {})
         for mac in have_fdb.keys() - want_fdb.keys():
-            entry_dels.append(_Change("fdb del", rtnl.fdb_del(dev, mac), (mac, "dev", dev)))
+            request = rtnl.fdb_del(dev, mac)
+            entry_dels.append(_Change("fdb del", request, (mac, "dev", dev), owner.get(mac, "")))
     for dev, want_fdb in desired.fdb.items():
         have_fdb = observed.fdb.get(dev, {})
         for mac, ip in want_fdb.items():
             if have_fdb.get(mac) != [ip]:
                 request = rtnl.fdb_set(dev, mac, ip.packed)
-                entry_sets.append(_Change("fdb set", request, (mac, "dst", ip, "dev", dev)))
+                subject = (mac, "dst", ip, "dev", dev)
+                entry_sets.append(_Change("fdb set", request, subject, owner[mac]))
     return route_dels + entry_sets + route_sets + entry_dels
 
 
@@ -272,18 +280,21 @@ def sync(rt: Rtnl, local: LocalNode, peers: Iterable[Peer], config: OverlayConfi
         indexes = {v: link.index for v, link in devices.items()}
     desired = plan(local, list(peers), config.mode, indexes)
     report.skipped = desired.skipped
+    report.paths = desired.paths()
     changes = _diff(desired, _observe(rt, config, devices), config)
     results = rt.batch([change.request for change in changes])
     report.requests = len(changes)
     for change, error in zip(changes, results, strict=True):
         if error is None:
             report.changes[change.kind] += 1
-        elif change.kind == "route add" and error.errno == errno.EEXIST:
-            report.failures.append(
-                f"{change.describe()}: a route of another protocol is in the way"
-            )
+            continue
+        if change.kind == "route add" and error.errno == errno.EEXIST:
+            failure = f"{change.describe()}: a route of another protocol is in the way"
         else:
-            report.failures.append(f"{change.describe()}: {error}")
+            failure = f"{change.describe()}: {error}"
+        report.failures.append(failure)
+        if change.peer:
+            report.peer_failures.setdefault(change.peer, []).append(failure)
     return report
 
 

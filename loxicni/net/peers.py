@@ -111,6 +111,16 @@ class Desired:
     neighbours: dict[int, dict[IPAddress, str]] = field(default_factory=dict)  # vxlan ifindex
     fdb: dict[int, dict[str, IPAddress]] = field(default_factory=dict)  # vxlan ifindex
     skipped: list[Skipped] = field(default_factory=list)
+    # Whose each entry is (a pod CIDR, a VTEP IP or a VTEP MAC -> the peer's name): a refused
+    # request is then reported against the peer it was for.
+    owners: dict[IPNetwork | IPAddress | str, str] = field(default_factory=dict)
+
+    def paths(self) -> dict[str, set[str]]:
+        """The peers reached, by path: {"direct": names, "vxlan": names}."""
+        out: dict[str, set[str]] = {"direct": set(), "vxlan": set()}
+        for dst, route in self.routes.items():
+            out["vxlan" if route.onlink else "direct"].add(self.owners[dst])
+        return out
 
 
 class _Taken:
@@ -205,7 +215,9 @@ def _place(
         vtep = pod.network_address
         desired.neighbours.setdefault(dev, {})[vtep] = mac
         desired.fdb.setdefault(dev, {})[mac] = node_ip
+        desired.owners[vtep] = desired.owners[mac] = peer.name
         route = PeerRoute(pod, vtep, dev, onlink=True)
     taken.add(pod, peer.name)
     desired.routes[pod] = route
+    desired.owners[pod] = peer.name
     return ""

@@ -5,6 +5,11 @@ unregister batch, whatever the batch's size. The reaper tags each link with the 
 link group and deletes the whole group with one RTM_DELLINK; DELs that arrive while a batch is
 being torn down form the next one. A lone DEL is deleted at once, so latency never grows.
 
+``delete`` waits for its batch. ``delete_later`` does not: the link is taken out of service at
+once (out of its bridge, down) and deleted with the next batch, so a DEL can answer before the
+kernel's grace periods. Whoever must not run before such a deletion is done (an ADD wanting
+the same attachment, or the same interface name in the same netns) waits on its *fences*.
+
 The reaper thread survives any error (the batch reports it to its waiters), is restarted if it
 ever dies, and no waiter waits longer than WAIT: a DEL holding its attachment's lock must never
 hang on it.
@@ -13,7 +18,10 @@ hang on it.
 from __future__ import annotations
 
 import errno
+import os
+import queue
 import threading
+from collections.abc import Callable, Hashable, Iterable
 
 from loxicni.base.logs import get_logger
 from loxicni.net import links
@@ -21,7 +29,13 @@ from loxicni.net.rtnl import NetlinkError, Rtnl
 
 log = get_logger(__name__)
 
-GROUP_BASE = 0x4C58_0000  # "LX": link groups of our own, far from the usual small numbers
+# Link groups 0x4C000000-0x4CFFFFFF ("L"), far from the usual small numbers. A group delete
+# removes every link of the group in the netns, whoever tagged it: so each reaper takes a
+# random one of 4096 blocks of groups, and another reaper in the same netns (a second agent
+# during a restart, agents of tests side by side) does not delete links of this one's
+# batches, unless both drew the same block.
+GROUP_BASE = 0x4C00_0000
+GROUPS_PER_REAPER = 0x1000  # batches before the serial wraps; one takes milliseconds
 WAIT = 30.0  # seconds; a group delete takes milliseconds
 
 
@@ -31,6 +45,8 @@ class _Batch:
         self.count = 0
         self.done = threading.Event()
         self.error: OSError | None = None
+        self.fences: list[Hashable] = []
+        self.callbacks: list[Callable[[], None]] = []
 
 
 class LinkReaper:
@@ -38,13 +54,20 @@ class LinkReaper:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._serial = 0
+        blocks = 0x100_0000 // GROUPS_PER_REAPER
+        self._block = GROUP_BASE + GROUPS_PER_REAPER * (int.from_bytes(os.urandom(2)) % blocks)
         self._batch = self._new_batch()
+        self._pending: dict[Hashable, _Batch] = {}  # fence -> the batch that lifts it
+        self._finish: queue.Queue[Callable[[], None]] = queue.Queue()
         self._thread: threading.Thread | None = None
+        self._finisher = threading.Thread(target=self._run_finisher, name="reaper-finish")
+        self._finisher.daemon = True
+        self._finisher.start()
         self._ensure_thread()
 
     def _new_batch(self) -> _Batch:
-        self._serial = (self._serial + 1) % 0x10000
-        return _Batch(GROUP_BASE + self._serial)
+        self._serial = (self._serial + 1) % GROUPS_PER_REAPER
+        return _Batch(self._block + self._serial)
 
     def _ensure_thread(self) -> None:
         if self._thread is None or not self._thread.is_alive():
@@ -68,6 +91,39 @@ class LinkReaper:
             raise batch.error
         return True
 
+    def delete_later(
+        self,
+        ipr: Rtnl,
+        index: int,
+        fences: Iterable[Hashable],
+        on_done: Callable[[], None] | None = None,
+    ) -> bool:
+        """Retire bridge port ``index`` now and delete it in the background; ``fences`` hold
+        until it is gone, then ``on_done`` runs (in another thread). False if it was gone."""
+        with self._lock:
+            self._ensure_thread()
+            batch = self._batch
+            if not links.retire(ipr, index, batch.group):
+                return False
+            batch.count += 1
+            for fence in fences:
+                batch.fences.append(fence)
+                self._pending[fence] = batch
+            if on_done is not None:
+                batch.callbacks.append(on_done)
+            self._wake.set()
+        return True
+
+    def wait(self, fence: Hashable, timeout: float = WAIT) -> bool:
+        """Wait until no deletion holds ``fence``; False if one still does after ``timeout``."""
+        with self._lock:
+            batch = self._pending.get(fence)
+        return batch is None or batch.done.wait(timeout)
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
     def _run(self) -> None:
         with Rtnl() as ipr:
             while True:
@@ -82,7 +138,24 @@ class LinkReaper:
                     links.delete_group(ipr, batch.group)
                 except OSError as exc:
                     batch.error = exc
+                    log.error("link reaper: deleting group %#x failed: %s", batch.group, exc)
                 except Exception as exc:  # keep serving: the waiters must hear of it
                     log.exception("link reaper: deleting group %#x failed", batch.group)
                     batch.error = OSError(errno.EIO, str(exc))
+                with self._lock:
+                    for fence in batch.fences:
+                        if self._pending.get(fence) is batch:
+                            del self._pending[fence]
                 batch.done.set()
+                for callback in batch.callbacks:
+                    self._finish.put(callback)
+
+    def _run_finisher(self) -> None:
+        """Runs what follows a deletion (it may take locks a fenced ADD holds while it waits
+        for the deletion itself, so never in the reaper's own thread)."""
+        while True:
+            callback = self._finish.get()
+            try:
+                callback()
+            except Exception:
+                log.exception("link reaper: follow-up of a deletion failed")

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, replace
 from functools import partial
 
 from loxicni.base import faults
-from loxicni.base.logs import add_log_file, get_logger
+from loxicni.base.logs import get_logger, use_log_file
 from loxicni.cni.errors import CniError, Code
 from loxicni.cni.request import Request
 from loxicni.cni.result import result_from_json, result_to_json
@@ -40,7 +41,7 @@ def load_config(req: Request) -> BridgeConfig:
         prev = result_from_json(req.config["prevResult"])
     cfg = parse_config(req.config, req.cni_version, dict(req.args), prev)
     if cfg.log_file:
-        add_log_file(cfg.log_file)
+        use_log_file(cfg.log_file)
     return cfg
 
 
@@ -82,6 +83,29 @@ class Attached:
     POD = 2
 
 
+def attachment_fence(key: str) -> Hashable:
+    return ("attachment", key)
+
+
+def netns_fence(netns_fd: int, ifname: str) -> Hashable:
+    """The fence of an interface name in one netns, whoever's attachment it was."""
+    st = os.fstat(netns_fd)
+    return ("netns", st.st_dev, st.st_ino, ifname)
+
+
+def _forget_deleted(network: str, container_id: str, ifname: str, generation: str) -> None:
+    """After a background deletion: drop the "deleting" record, unless an ADD has replaced
+    it since (under the lock, so never in the middle of one)."""
+    with attachment_lock(network, container_id, ifname) as lock:
+        try:
+            record = records.load(naming.attachment_key(network, container_id, ifname))
+        except records.Unreadable:
+            return
+        if record is None or record.generation == generation:
+            records.remove(network, container_id, ifname)
+            lock.remove_on_release = True
+
+
 class BridgePlugin:
     """The CNI handlers of the bridge plugin (see ``loxicni.cni.skel.Handlers``).
 
@@ -105,7 +129,7 @@ class BridgePlugin:
         self.require_fd = require_fd
         self.abandoned = abandoned
 
-    def still_wanted(self, lock: HeldLock | None = None) -> None:
+    def still_wanted(self, lock: HeldLock | None = None, key: str = "") -> None:
         """TRY_AGAIN_LATER, before anything is done, if the caller has given up.
 
         A runtime that got no answer (its client timed out on a stalled agent) goes on
@@ -115,8 +139,8 @@ class BridgePlugin:
         whose caller still waits then finishes before any call that caller makes next.
         """
         if self.abandoned is not None and self.abandoned():
-            if lock is not None:
-                lock.remove_on_release = True  # nothing done: leave no lock file behind
+            if lock is not None and not records.exists(key):
+                lock.remove_on_release = True  # nothing done: no lock file of ours is left
             raise CniError(Code.TRY_AGAIN_LATER, "the caller gave up waiting; nothing was done")
 
     def open_netns(self, req: Request) -> Netns:
@@ -144,6 +168,12 @@ class BridgePlugin:
         self, req: Request, cfg: BridgeConfig, ipam: Ipam, host: Rtnl, sandbox: Netns
     ) -> Result:
         key = naming.attachment_key(cfg.network, req.container_id, req.ifname)
+        if self.reaper is not None:
+            # A DEL of this attachment, or of this ifname in this netns, may still be deleting
+            # its veth in the background: wait for it rather than collide with it.
+            for fence in (attachment_fence(key), netns_fence(sandbox.fd, req.ifname)):
+                if not self.reaper.wait(fence):
+                    raise CniError(Code.TRY_AGAIN_LATER, "an earlier DEL is still being finished")
         try:
             earlier = records.load(key)
         except records.Unreadable as exc:
@@ -224,7 +254,14 @@ class BridgePlugin:
             return None
         with cni_errors(f"looking up {req.ifname} in {req.netns}"):
             pod = links.get(sandbox.ipr, req.ifname)
-            veths = hostveth.find(host, cfg.veth_prefix, cfg.network, req.container_id, req.ifname)
+            veths = hostveth.find(
+                host,
+                cfg.veth_prefix,
+                cfg.network,
+                req.container_id,
+                req.ifname,
+                hint=earlier.host_veth,
+            )
         if pod is None or not any(v.peer == pod.index for v in veths):
             return None
         result = result_from_json(earlier.result)
@@ -381,35 +418,110 @@ class BridgePlugin:
     def delete(self, req: Request) -> None:
         cfg = load_config(req)
         with attachment_lock(cfg.network, req.container_id, req.ifname) as lock:
-            self.still_wanted(lock)
+            self.still_wanted(
+                lock, naming.attachment_key(cfg.network, req.container_id, req.ifname)
+            )
             with cni_errors("DEL"), Rtnl() as host:
-                self.teardown_locked(req, cfg, host, pod_link=True)
-            lock.remove_on_release = True
+                deferred = self.teardown_locked(
+                    req, cfg, host, pod_link=True, background=not cfg.sync_teardown
+                )
+            # A deletion still under way keeps its lock file until its record goes.
+            lock.remove_on_release = not deferred
         log.info("DEL %s %s/%s", cfg.network, req.container_id, req.ifname)
 
     def teardown_locked(
-        self, req: Request, cfg: BridgeConfig, host: Rtnl, *, pod_link: bool
-    ) -> None:
+        self,
+        req: Request,
+        cfg: BridgeConfig,
+        host: Rtnl,
+        *,
+        pod_link: bool,
+        background: bool = False,
+    ) -> bool:
         """Remove everything of the attachment, its lock held; each step tolerates its part
-        being gone.
+        being gone. True if the host veth is left to be deleted in the background.
 
         Order: masquerade and links before the address, which a new pod may get the moment
-        it is free; the record last, so a teardown cut short is finished on reconcile.
+        it is free; the record last, so a teardown cut short is finished on reconcile. In the
+        background (the agent, unless the config says ``syncTeardown``), the veth leaves its
+        bridge and goes down at once, and the kernel's slow deletion runs after the answer;
+        the record says "deleting" until then, and fences stop an ADD that needs it gone.
         """
+        key = naming.attachment_key(cfg.network, req.container_id, req.ifname)
+        try:
+            record = records.load(key)
+        except records.Unreadable:
+            record = None
         if cfg.ip_masq:
             with cni_errors("removing masquerading"):
                 masq.remove_masquerade(cfg.network, req.container_id, req.ifname)
             faults.step("del-masq")
-        # Deleting the host end takes the pod end with it (from the host netns, where the
-        # agent batches deletions); the netns is opened only if no host end is left.
-        found = self._delete_host_veths(host, cfg, req.container_id, req.ifname)
-        if pod_link and req.netns and not found:
+        with cni_errors("finding the host veth"):
+            veths = hostveth.find(
+                host,
+                cfg.veth_prefix,
+                cfg.network,
+                req.container_id,
+                req.ifname,
+                hint=record.host_veth if record is not None else "",
+            )
+        if background and veths and self.reaper is not None:
+            self._retire_veths(req, cfg, host, record, veths)
+            faults.step("del-veth")
+            Ipam(req, cfg.ipam_type).delete()
+            faults.step("del-ipam")
+            return True
+        with cni_errors("deleting the host veth"):
+            for link in veths:
+                if self.reaper is not None:
+                    self.reaper.delete(host, link.index)
+                else:
+                    links.delete(host, link.index)
+        # Deleting the host end took the pod end with it; the netns is opened only if no host
+        # end was left.
+        if pod_link and req.netns and not veths:
             self._delete_pod_link(req)
         faults.step("del-veth")
         Ipam(req, cfg.ipam_type).delete()
         faults.step("del-ipam")
         records.remove(cfg.network, req.container_id, req.ifname)
         faults.step("del-record")
+        return False
+
+    def _retire_veths(
+        self,
+        req: Request,
+        cfg: BridgeConfig,
+        host: Rtnl,
+        record: records.Record | None,
+        veths: list[links.Link],
+    ) -> None:
+        """Mark the attachment "deleting" (so a crash from here on is finished by
+        reconcile), take its host veths out of service and hand them to the reaper."""
+        assert self.reaper is not None
+        if record is None:
+            record = records.Record(
+                network=cfg.network,
+                container_id=req.container_id,
+                ifname=req.ifname,
+                netns=req.netns,
+                config=req.config,
+                cni_args=req.args_string(),
+                cni_path=list(req.path),
+            )
+        record.state = records.DELETING
+        record.generation = records.new_generation()
+        record.host_veth = veths[0].name
+        records.save(record)
+        fences: list[Hashable] = [attachment_fence(record.key)]
+        if self.netns_fd is not None:
+            fences.append(netns_fence(self.netns_fd, req.ifname))
+        done = partial(
+            _forget_deleted, cfg.network, req.container_id, req.ifname, record.generation
+        )
+        with cni_errors("retiring the host veth"):
+            for i, link in enumerate(veths):
+                self.reaper.delete_later(host, link.index, fences, done if i == 0 else None)
 
     def _delete_pod_link(self, req: Request) -> None:
         if self.netns_fd is None and self.require_fd:
@@ -429,26 +541,15 @@ class BridgePlugin:
             if pod is not None:
                 links.delete(sandbox.ipr, pod.index)
 
-    def _delete_host_veths(
-        self, host: Rtnl, cfg: BridgeConfig, container_id: str, ifname: str
-    ) -> bool:
-        """Delete the host veths of this attachment; False if there was none."""
-        with cni_errors("deleting the host veth"):
-            found = hostveth.find(host, cfg.veth_prefix, cfg.network, container_id, ifname)
-            for link in found:
-                if self.reaper is not None:
-                    self.reaper.delete(host, link.index)
-                else:
-                    links.delete(host, link.index)
-        return bool(found)
-
     # ------------------------------------------------------------------ CHECK, GC, STATUS
     def check(self, req: Request) -> None:
         from loxicni.plugin.check import check
 
         cfg = load_config(req)
         with attachment_lock(cfg.network, req.container_id, req.ifname) as lock:
-            self.still_wanted(lock)
+            self.still_wanted(
+                lock, naming.attachment_key(cfg.network, req.container_id, req.ifname)
+            )
             held = Ipam(req, cfg.ipam_type).check()
             with cni_errors("CHECK"), Rtnl() as host, self.open_netns(req) as sandbox:
                 check(req, cfg, held, host, sandbox)

@@ -55,6 +55,7 @@ class BridgeConfig:
     ipam_type: str
     prev_result: Result | None
     log_file: str | None
+    sync_teardown: bool = False  # DEL answers only once the veth is deleted (no background)
 
 
 _F = Fields(Code.INVALID_CONFIG)
@@ -186,4 +187,5 @@ def parse_config(
         ipam_type=ipam_type,
         prev_result=prev_result,
         log_file=log_file,
+        sync_teardown=_bool(conf, "syncTeardown"),
     )

@@ -11,12 +11,20 @@ from loxicni.net.rtnl import Rtnl
 from loxicni.plugin import naming
 
 
-def find(host: Rtnl, prefix: str, network: str, container_id: str, ifname: str) -> list[links.Link]:
-    """The host veths of one attachment (normally one; more only after a crash mid-rename).
+def find(
+    host: Rtnl, prefix: str, network: str, container_id: str, ifname: str, hint: str = ""
+) -> list[links.Link]:
+    """The host veths of one attachment (normally one; more only after a crash mid-ADD).
 
-    Every candidate name is looked at: a free earlier candidate does not mean a later one is
-    not ours (its holder may have gone since we took the later one)."""
+    ``hint``: the name the attachment's record gives; if that link is ours, it is the one
+    (one request instead of one per candidate). Otherwise every candidate name is looked at:
+    a free earlier candidate does not mean a later one is not ours (its holder may have gone
+    since we took the later one)."""
     alias = naming.alias(network, container_id, ifname)
+    if hint:
+        link = links.get(host, hint)
+        if link is not None and link.alias == alias:
+            return [link]
     found = []
     for name in naming.candidates(prefix, network, container_id, ifname):
         link = links.get(host, name)

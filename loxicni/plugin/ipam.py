@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 from loxicni.cni.errors import CniError, Code
 from loxicni.cni.request import Request
@@ -80,10 +80,17 @@ class Ipam:
         self._run("CHECK")
         return None
 
-    def gc(self, valid: Collection[tuple[str, str]], started: float) -> None:
-        """Release what no valid attachment holds; keep what appeared after ``started``."""
+    def gc(
+        self,
+        valid: Collection[tuple[str, str]],
+        started_ns: int,
+        keep: Callable[[str, str], bool] | None = None,
+    ) -> None:
+        """Release what no valid attachment holds; keep what appeared after ``started_ns``
+        and what ``keep(container_id, ifname)`` holds. A delegated IPAM plugin gets the
+        runtime's list as it came."""
         if self._host_local is not None:
-            hostlocal.gc(self._host_local, valid, started)
+            hostlocal.gc(self._host_local, valid, started_ns, keep)
         else:
             self._run("GC")
 

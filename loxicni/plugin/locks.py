@@ -55,6 +55,24 @@ def attachment_lock(network: str, container_id: str, ifname: str) -> Iterator[He
         os.close(fd)
 
 
+def held(key: str) -> bool:
+    """Does a call hold the lock of the attachment ``key`` right now? Never waits. A lock
+    file exists while its lock is held (only its holder removes it), so none means free."""
+    try:
+        fd = os.open(Path(paths.locks_dir()) / key, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
 def remove_unused(in_use: Callable[[str], bool]) -> list[str]:
     """Remove the lock files of attachments for which ``in_use(key)`` is False; their keys.
 

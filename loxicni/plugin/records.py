@@ -15,18 +15,21 @@ something on the strength of a missing record must ask ``exists`` (any file unde
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from loxicni.base import files, paths
+from loxicni.plugin import locks
 from loxicni.plugin.naming import attachment_key
 
 ADDING = "adding"
 READY = "ready"
+DELETING = "deleting"  # DEL answered; the host veth is retired and being deleted
 SCHEMA = 2  # 1: records without "schema"; 2 adds schema, generation, bridge, vlan, result
 
 
@@ -113,6 +116,12 @@ def _from_json(key: str, doc: Any) -> Record:
     for name in _LISTS_OF_STR:
         if not all(isinstance(v, str) for v in values.get(name, ())):
             raise Unreadable(key, f"{name} holds a non-string")
+    for name, parse in (("ips", ipaddress.ip_interface), ("gateways", ipaddress.ip_address)):
+        for text in values.get(name, ()):
+            try:
+                parse(text)
+            except ValueError:
+                raise Unreadable(key, f"{name} holds {text[:64]!r}, not an address") from None
     values.setdefault("netns", "")
     values.setdefault("cni_args", "")
     values.setdefault("cni_path", [])
@@ -143,8 +152,10 @@ def save(record: Record) -> None:
     directory = _dir()
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     record.schema = SCHEMA
+    # Shallow: asdict would deep-copy the config, which json.dumps only reads.
+    doc = {f.name: getattr(record, f.name) for f in fields(Record)}
     files.write_atomic(
-        _path(record.key), json.dumps(asdict(record)).encode(), temp_path=_temp_path(record.key)
+        _path(record.key), json.dumps(doc).encode(), temp_path=_temp_path(record.key)
     )
 
 
@@ -155,9 +166,9 @@ def remove(network: str, container_id: str, ifname: str) -> None:
     _temp_path(key).unlink(missing_ok=True)
 
 
-def mtime(key: str) -> float:
-    """When the record was last saved (FileNotFoundError if there is none)."""
-    return os.stat(_path(key)).st_mtime
+def mtime_ns(key: str) -> int:
+    """When the record was last saved, in ns (FileNotFoundError if there is none)."""
+    return os.stat(_path(key)).st_mtime_ns
 
 
 def exists(key: str) -> bool:
@@ -219,5 +230,33 @@ def all_records() -> list[Record]:
 
 
 def remove_stale_temp_files() -> list[str]:
-    """Temp files of writers that died mid-save."""
-    return files.remove_stale_temps(_dir())
+    """Temp files of writers that died mid-save. A record is saved only under its
+    attachment's lock, so the temp file of an attachment whose lock is free is debris,
+    whoever wrote it (a PID cannot tell: the writer may live in another PID namespace). A
+    temp file whose name names no attachment goes by age."""
+    removed: list[str] = []
+    try:
+        names = os.listdir(_dir())
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        key = _key_of_temp(name)
+        if key is None or locks.held(key):
+            continue
+        try:
+            os.unlink(_dir() / name)
+        except FileNotFoundError:
+            continue  # its writer was done after all: renamed into place
+        removed.append(name)
+    return removed + files.remove_stale_temps(_dir())
+
+
+def _key_of_temp(name: str) -> str | None:
+    """The attachment key of a temp file of ``save`` (``.<key>.json.<random>.tmp``)."""
+    if not files.is_temp_name(name):
+        return None
+    target = name[len(files.TEMP_PREFIX) :].rsplit(".", 2)[0]
+    key, dot_json, rest = target.partition(".json")
+    if rest or not dot_json or len(key) != 32 or not all(c in "0123456789abcdef" for c in key):
+        return None
+    return key

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
@@ -11,105 +10,16 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import tempfile
 import time
-import urllib.request
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.integration.conftest import PLUGIN, Call, Net, links_of_bridge, make_net, run_plugin
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Agent:
-    socket: str
-    state_dir: Path
-    log: Path
-    metrics_port: int
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def env(self) -> dict[str, str]:
-        """What plugin calls need so the fallback path shares the agent's state."""
-        return {"LOXI_CNI_SOCKET": self.socket, "LOXI_CNI_STATE_DIR": str(self.state_dir)}
-
-    def start(self) -> None:
-        env = {**os.environ, "LOXI_CNI_STATE_DIR": str(self.state_dir)}
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    PLUGIN,
-                    "agent",
-                    "--socket",
-                    self.socket,
-                    "--metrics",
-                    f"127.0.0.1:{self.metrics_port}",
-                ],
-                env=env,
-                stdout=log,
-                stderr=log,
-            )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.status()["agent"] == "up":
-                return
-            assert self.proc.poll() is None, self.log.read_text()
-            time.sleep(0.05)
-        raise AssertionError(f"agent did not come up: {self.log.read_text()}")
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-
-    def status(self) -> dict[str, Any]:
-        proc = subprocess.run(
-            [PLUGIN, "status", "--json", "--socket", self.socket],
-            capture_output=True,
-            text=True,
-            timeout=20,
-        )
-        return dict(json.loads(proc.stdout))
-
-    def metrics(self) -> str:
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=10) as resp:
-            return str(resp.read().decode())
-
-
-@pytest.fixture
-def agent(tmp_path: Path) -> Iterator[Agent]:
-    a = Agent(
-        str(tmp_path / "run" / "agent.sock"),
-        tmp_path / "state",
-        tmp_path / "agent.log",
-        _free_port(),
-    )
-    a.start()
-    yield a
-    a.stop()
-
-
-@pytest.fixture
-def net(tmp_path: Path) -> Iterator[Net]:
-    with make_net(tmp_path) as network:
-        yield network
+from tests.agent.harness import Agent
+from tests.integration.conftest import Call, Net, holding_store_lock, links_of_bridge, run_plugin
+from tests.support.plugin import PLUGIN, agent_status
 
 
 def test_requests_are_served_by_the_agent(agent: Agent, net: Net) -> None:
@@ -215,28 +125,19 @@ def test_non_root_peers_are_refused(agent: Agent) -> None:
 
 
 def test_thin_client_imports_only_the_standard_library() -> None:
-    launcher = Path(PLUGIN).read_text().splitlines()
-    site = next(line for line in launcher if "sys.path.insert" in line).split('"')[1]
+    """Python's plugin mode (run directly, without the compiled shim) and `loxi-cni status`."""
+    repo = Path(__file__).resolve().parents[2]
     code = (
-        f"import sys; sys.path.insert(0, {site!r})\n"
+        f"import sys; sys.path.insert(0, {str(repo)!r})\n"
         "import loxicni.main, loxicni.client\n"
         "heavy = [m for m in ('pyroute2', 'json', 'socket', 'asyncio', 'loxicni.plugin')"
         " if m in sys.modules]\n"
         "print(heavy)\n"
     )
-    python = launcher[0][2:].split()[0]
     out = subprocess.run(
-        [python, "-I", "-S", "-c", code], capture_output=True, text=True, check=True
+        [sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]"
-
-
-def _hold_store_lock(net: Net) -> int:
-    directory = net.data_dir / net.name
-    directory.mkdir(parents=True, exist_ok=True)
-    fd = os.open(directory / "lock", os.O_RDONLY | os.O_CREAT, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    return fd
 
 
 def test_crash_mid_add_and_dead_netns_are_reconciled(agent: Agent, net: Net) -> None:
@@ -246,19 +147,13 @@ def test_crash_mid_add_and_dead_netns_are_reconciled(agent: Agent, net: Net) -> 
     assert all(r.rc == 0 for r in results.values())
 
     # d's ADD blocks inside the agent on the IPAM store lock; then the agent is killed.
-    fd = _hold_store_lock(net)
-    try:
-        with ThreadPoolExecutor(1) as pool:
-            pending = pool.submit(
-                net.call, "ADD", d, conf, env={**agent.env, "LOXI_CNI_TIMEOUT": "30"}
-            )
-            deadline = time.monotonic() + 10
-            while not d.ipr().link_lookup(ifname="eth0") and time.monotonic() < deadline:
-                time.sleep(0.05)
-            agent.kill9()
-            lost = pending.result(timeout=30)
-    finally:
-        os.close(fd)
+    with holding_store_lock(net), ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(net.call, "ADD", d, conf, env={**agent.env, "LOXI_CNI_TIMEOUT": "30"})
+        deadline = time.monotonic() + 10
+        while not d.ipr().link_lookup(ifname="eth0") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        agent.kill9()
+        lost = pending.result(timeout=30)
     assert lost.rc != 0 and lost.json["code"] == 11, lost.stdout
 
     subprocess.run(["ip", "netns", "del", b.name], check=True)  # b's pod dies without a DEL
@@ -389,13 +284,7 @@ def test_systemd_socket_activation(tmp_path: Path, net: Net) -> None:
         pod = net.pod()
         call_env = {"LOXI_CNI_SOCKET": path, "LOXI_CNI_STATE_DIR": str(tmp_path / "state")}
         assert net.call("ADD", pod, net.conf(), env=call_env).rc == 0
-        out = subprocess.run(
-            [PLUGIN, "status", "--json", "--socket", path],
-            capture_output=True,
-            text=True,
-            timeout=20,
-        ).stdout
-        assert json.loads(out)["requestsServed"] == 1
+        assert agent_status(path)["requestsServed"] == 1
         assert net.call("DEL", pod, net.conf(), env=call_env).rc == 0
     finally:
         proc.terminate()

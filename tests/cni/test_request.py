@@ -261,10 +261,18 @@ def test_ifname_validated_for_del() -> None:
     assert error(env("DEL", CNI_IFNAME="a:b")).code == Code.INVALID_ENV
 
 
-def test_ifname_with_surrogate_escaped_bytes_is_counted_in_bytes() -> None:
-    validate_ifname("\udcff" * 15)  # 15 raw bytes from os.environ
-    with pytest.raises(CniError):
-        validate_ifname("\udcff" * 16)
+def test_ifname_that_is_not_utf8_is_refused() -> None:
+    """The kernel would take the bytes, but the result (JSON) cannot carry them back."""
+    for name in ("\udcff" * 15, "eth\udcff", "\udcff" * 16):  # raw bytes from os.environ
+        with pytest.raises(CniError, match="not valid UTF-8") as info:
+            validate_ifname(name)
+        assert info.value.code == Code.INVALID_ENV
+
+
+def test_cni_args_that_are_not_utf8_are_refused() -> None:
+    with pytest.raises(CniError, match="CNI_ARGS is not valid UTF-8") as info:
+        parse_cni_args("K8S_POD_NAME=web\udcff")
+    assert info.value.code == Code.INVALID_ENV
 
 
 IF_SAFE = st.characters(

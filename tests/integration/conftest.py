@@ -6,6 +6,7 @@ removed afterwards, even when the test fails.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -20,7 +21,10 @@ from typing import Any
 import pytest
 from pyroute2 import IPRoute, NetNS
 
-PLUGIN = os.environ.get("LOXI_CNI_BIN", "/opt/cni/bin/loxi-cni")
+from tests.support.host import delete_links
+from tests.support.ipam import reservation_files
+from tests.support.plugin import PLUGIN
+
 # The reference plugins, a CNI 1.1 release built by scripts/reference-plugins.sh (make test).
 REFERENCE_DIR = os.environ.get("LOXI_REFERENCE_CNI_DIR", "/var/cache/loxi-cni/cni-plugins-v1.10.0")
 
@@ -135,14 +139,31 @@ class Net:
 
     def reservations(self) -> dict[str, str]:
         """IP file name -> content, of this network's host-local store."""
-        directory = self.data_dir / self.name
-        if not directory.is_dir():
-            return {}
-        return {
-            p.name: p.read_bytes().decode()
-            for p in directory.iterdir()
-            if p.is_file() and p.name != "lock" and not p.name.startswith("last_reserved_ip")
-        }
+        return reservation_files(self.data_dir, self.name)
+
+
+@contextmanager
+def holding_store_lock(net: Net) -> Iterator[None]:
+    """Hold the network's host-local store lock: an ADD blocks inside its IPAM step."""
+    directory = net.data_dir / net.name
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / "lock", os.O_RDONLY | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def store_lock(net: Net) -> Path:
+    return net.data_dir / net.name / "lock"
+
+
+def pod_addresses(pod: Pod, ifname: str = "eth0") -> list[str]:
+    """The addresses (with prefix length) on the pod's interface, read back from its netns."""
+    with pod.ipr() as ns:
+        (index,) = ns.link_lookup(ifname=ifname)
+        return sorted(f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}" for a in ns.get_addr(index=index))
 
 
 def host_links() -> dict[str, Any]:
@@ -159,21 +180,30 @@ def links_of_bridge(bridge: str) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def agent_socket(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def agent_log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the session's agent writes a network config's logFile (LOXI_CNI_LOG_DIR)."""
+    return tmp_path_factory.mktemp("agent-logs")
+
+
+@pytest.fixture(scope="session")
+def agent_socket(tmp_path_factory: pytest.TempPathFactory, agent_log_dir: Path) -> Iterator[str]:
     """A node agent for the whole session, on a private socket."""
-    sock = str(tmp_path_factory.mktemp("agent") / "agent.sock")
-    proc = subprocess.Popen(
-        [PLUGIN, "agent", "--socket", sock, "--metrics", "off"], stderr=subprocess.PIPE, text=True
-    )
-    for _ in range(100):
-        if os.path.exists(sock):
-            break
+    directory = tmp_path_factory.mktemp("agent")
+    sock = str(directory / "agent.sock")
+    log = directory / "agent.log"  # a file, not a pipe nobody reads: that would fill and block
+    env = {**os.environ, "LOXI_CNI_LOG_DIR": str(agent_log_dir)}
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [PLUGIN, "agent", "--socket", sock, "--metrics", "off"], stderr=out, env=env
+        )
+    deadline = time.monotonic() + 20  # a loaded machine starts it slowly
+    while not os.path.exists(sock):
         if proc.poll() is not None:
-            pytest.fail(f"the agent exited: {proc.stderr.read() if proc.stderr else ''}")
+            pytest.fail(f"the agent exited: {log.read_text()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the agent did not create its socket within 20 s: {log.read_text()}")
         time.sleep(0.05)
-    else:
-        proc.kill()
-        pytest.fail("the agent did not create its socket within 5 s")
     yield sock
     proc.terminate()
     proc.wait(timeout=10)
@@ -200,7 +230,7 @@ def make_net(tmp_path: Path) -> Iterator[Net]:
     finally:
         for pod in network.pods:
             subprocess.run(["ip", "netns", "del", pod.name], capture_output=True)
-        subprocess.run(["ip", "link", "del", network.bridge], capture_output=True)
+        delete_links(network.bridge)
 
 
 @pytest.fixture

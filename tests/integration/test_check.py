@@ -8,7 +8,10 @@ from typing import Any
 
 import pytest
 
-from .conftest import Net, Pod
+from loxicni.plugin import naming
+from loxicni.plugin.config import DEFAULT_VETH_PREFIX
+
+from .conftest import Net, Pod, links_of_bridge
 
 
 def _added(net: Net) -> tuple[Pod, dict[str, Any]]:
@@ -74,3 +77,22 @@ def test_check_detects_tampering(
     assert res.rc != 0, why
     assert word.lower() in res.json["msg"].lower(), res.json
     assert net.call("DEL", pod, conf).rc == 0
+
+
+def test_check_finds_a_host_veth_past_a_free_candidate_name(net: Net) -> None:
+    """The first host veth name was taken when ADD ran (so it got the second); its holder has
+    gone since. CHECK must still look at every candidate."""
+    pod = net.pod()
+    taken = naming.candidates(DEFAULT_VETH_PREFIX, net.name, pod.container_id, "eth0")[0]
+    subprocess.run(["ip", "link", "add", taken, "type", "bridge"], check=True)
+    try:
+        conf = net.conf()
+        added = net.call("ADD", pod, conf)
+        assert added.rc == 0, added.stdout
+    finally:
+        subprocess.run(["ip", "link", "del", taken], capture_output=True)
+    assert added.json["interfaces"][1]["name"] != taken
+    res = net.call("CHECK", pod, {**conf, "prevResult": added.json})
+    assert res.rc == 0 and res.stdout == "", res.stdout
+    assert net.call("DEL", pod, conf).rc == 0
+    assert links_of_bridge(net.bridge) == []

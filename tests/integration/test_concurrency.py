@@ -5,7 +5,9 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .conftest import PLUGIN, REFERENCE_DIR, Call, Net, Pod, links_of_bridge
+from tests.support.plugin import PLUGIN
+
+from .conftest import REFERENCE_DIR, Call, Net, Pod, links_of_bridge
 
 
 def test_forty_concurrent_adds_get_unique_addresses_and_leave_nothing(net: Net) -> None:

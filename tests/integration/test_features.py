@@ -245,8 +245,11 @@ def test_prev_result_of_an_earlier_plugin_is_merged(net: Net) -> None:
     assert net.call("DEL", pod, conf).rc == 0
 
 
-def test_log_file_bridge_mac_pinned_and_forwarding(net: Net, tmp_path: Path) -> None:
-    log = tmp_path / "loxi.log"
+def test_log_file_bridge_mac_pinned_and_forwarding(
+    net: Net, tmp_path: Path, mode: str, agent_log_dir: Path
+) -> None:
+    # The agent writes a logFile only in its log directory; the plugin alone, anywhere.
+    log = (agent_log_dir if mode == "agent" else tmp_path) / f"{net.name}.log"
     conf = net.conf(logFile=str(log))
     a, b = net.pod(), net.pod()
     ra = net.call("ADD", a, conf)

@@ -69,9 +69,9 @@ def test_pods_reach_each_other_and_the_gateway(net: Net) -> None:
     ra, rb = net.call("ADD", a, conf), net.call("ADD", b, conf)
     assert ra.rc == 0 and rb.rc == 0, ra.stdout + rb.stdout
     ip_b = ipaddress.ip_interface(rb.json["ips"][0]["address"]).ip
-    assert a.sh("ping", "-c", "1", "-W", "2", str(ip_b)).returncode == 0
-    assert a.sh("ping", "-c", "1", "-W", "2", "10.99.0.1").returncode == 0
-    assert b.sh("ping", "-c", "1", "-W", "2", "10.99.0.1").returncode == 0
+    assert a.sh("ping", "-c", "3", "-i", "0.2", "-W", "2", str(ip_b)).returncode == 0
+    assert a.sh("ping", "-c", "3", "-i", "0.2", "-W", "2", "10.99.0.1").returncode == 0
+    assert b.sh("ping", "-c", "3", "-i", "0.2", "-W", "2", "10.99.0.1").returncode == 0
     for pod in (a, b):
         assert net.call("DEL", pod, conf).rc == 0
     assert links_of_bridge(net.bridge) == []

@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+from tests.support.confs import design_notes_conf
+
 from .conftest import Net, host_links, links_of_bridge, run_plugin
 
 VERSIONS = ["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
@@ -46,24 +48,7 @@ def test_version_command() -> None:
 def test_design_notes_config_fails_clearly_on_this_kernel(net: Net) -> None:
     """The DEVELOPERS.md config (vlanID 100) asks for VLAN filtering, which this kernel lacks."""
     pod = net.pod()
-    conf = {
-        "cniVersion": "0.2.0",
-        "name": net.name,
-        "type": "loxi-cni",
-        "bridge": net.bridge,
-        "isGateway": True,
-        "isDefaultGateway": False,
-        "mtu": 1500,
-        "hairpinMode": False,
-        "promiscMode": False,
-        "vlanID": 100,
-        "ipam": {
-            "type": "host-local",
-            "subnet": "10.244.1.0/24",
-            "dataDir": str(net.data_dir),
-            "routes": [{"dst": "10.0.0.0/8"}],
-        },
-    }
+    conf = design_notes_conf(net.name, net.bridge, dataDir=str(net.data_dir))
     res = net.call("ADD", pod, conf)
     assert res.rc != 0
     err = res.json

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from loxicni.base import files
 from loxicni.cni.errors import CniError, Code
 from loxicni.ipam import hostlocal
 from loxicni.ipam.config import Range, RangeSet
@@ -169,6 +170,24 @@ def test_gc(tmp_path: Path) -> None:
     assert sorted(map(str, hostlocal.gc(cfg, []))) == ["10.1.0.2", "10.1.0.6", "fd00::2"]
     assert leftovers(net) == set()
     assert list((tmp_path / ".loxi-cni" / "net").iterdir()) == []
+
+
+def test_gc_keeps_what_was_reserved_after_it_started(tmp_path: Path) -> None:
+    """The runtime's valid list is older than the GC call: a reservation made since GC
+    started belongs to an ADD the list could not know of; one made just before is GC's to
+    collect. Both within a tick of the file clock, as ADDs racing GC would be."""
+    conf = small(tmp_path)
+    cfg = parse(conf)
+    for attempt in range(100):
+        ours_add(conf, "old")  # just before GC started: GC's to collect
+        started = files.file_time_mark_ns()
+        ours_add(conf, "new")
+        hostlocal.gc(cfg, [], started)
+        with pytest.raises(CniError):
+            hostlocal.check(cfg, "old", "eth0")
+        assert len(hostlocal.check(cfg, "new", "eth0")) == 2, attempt
+        hostlocal.release(cfg, "new", "eth0")
+    assert leftovers(tmp_path / "net") == set()
 
 
 def test_status(tmp_path: Path) -> None:

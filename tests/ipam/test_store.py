@@ -277,3 +277,90 @@ def test_filesystem_errors_are_io_failures(tmp_path: Path) -> None:
     with pytest.raises(CniError) as info, Store(tmp_path, "net").locked():
         pass
     assert info.value.code == Code.IO_FAILURE
+
+
+# --- the agent's in-memory view, kept honest by inotify --------------------------------------
+
+
+@pytest.fixture
+def cached(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Store caching on, as in the agent, for this test only."""
+    from loxicni.ipam import store as store_module
+
+    monkeypatch.setattr(store_module, "_caching", True)
+    monkeypatch.setattr(store_module, "_caches", {})
+
+
+def test_view_sees_what_other_writers_did_between_calls(
+    cached: None, store: Store, tmp_path: Path
+) -> None:
+    with store.locked():
+        assert store.reserve(A("10.0.0.2"), "ours", "eth0", 0)
+        assert store.ips_of("theirs", "eth0") == []
+    # The reference binary, under the lock, reserves and frees between our calls.
+    net = tmp_path / "net"
+    with store.locked():  # stands in for its flock
+        (net / "10.0.0.3").write_bytes(b"theirs\r\neth0")
+    with store.locked():
+        assert store.ips_of("theirs", "eth0") == [A("10.0.0.3")]
+        assert store.owner(A("10.0.0.3")) == ("theirs", "eth0")
+    os.unlink(net / "10.0.0.3")
+    with store.locked():
+        assert store.ips_of("theirs", "eth0") == []
+        assert store.reservations() == {A("10.0.0.2"): ("ours", "eth0")}
+
+
+def test_a_writer_ignoring_the_lock_drops_the_view(
+    cached: None, store: Store, tmp_path: Path
+) -> None:
+    with store.locked():
+        assert store.reserve(A("10.0.0.2"), "ours", "eth0", 0)
+        store.ips_of("x", "eth0")  # the view is read now
+        (tmp_path / "net" / "10.0.0.9").write_bytes(b"sneaky\r\neth0")  # mid-section
+        assert store.reserve(A("10.0.0.4"), "ours", "eth1", 0)
+    with store.locked():
+        assert store.ips_of("sneaky", "eth0") == [A("10.0.0.9")]
+
+
+def test_view_matches_a_fresh_read_after_random_operations(cached: None, tmp_path: Path) -> None:
+    rng = random.Random(7)
+    cached_store, fresh = Store(tmp_path, "net"), Store(tmp_path, "net")
+    for step in range(300):
+        ip = A(f"10.0.0.{rng.randrange(2, 40)}")
+        with cached_store.locked():
+            if rng.random() < 0.5:
+                cached_store.reserve(ip, f"c{step % 7}", "eth0", 0)
+            elif rng.random() < 0.5:
+                cached_store.release(ip)
+            else:
+                cached_store.release_attachment(f"c{rng.randrange(7)}", "eth0")
+            if rng.random() < 0.1:  # another writer, between our calls
+                (tmp_path / "net" / f"10.0.1.{step % 50}").write_bytes(b"other\r\neth0")
+        with cached_store.locked():
+            seen = cached_store.reservations()
+        from loxicni.ipam import store as store_module
+
+        store_module._caching = False
+        with fresh.locked():
+            assert fresh.reservations() == seen, step
+        store_module._caching = True
+
+
+def test_view_is_reused_while_nobody_else_writes(
+    cached: None, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    listings: list[object] = []
+    real = os.scandir
+
+    def counting(path: object) -> object:
+        listings.append(path)
+        return real(path)  # type: ignore[call-overload]
+
+    from loxicni.ipam import store as store_module
+
+    monkeypatch.setattr(store_module.os, "scandir", counting)
+    for n in range(20):
+        with store.locked():
+            assert store.ips_of(f"c{n}", "eth0") == []
+            assert store.reserve(A(f"10.0.0.{n + 2}"), f"c{n}", "eth0", 0)
+    assert len(listings) == 1  # one read of the directory, then memory

@@ -9,65 +9,39 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import signal
 import subprocess
-import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import yaml
 from pyroute2 import IPRoute, NetNS
 
 from loxicni.net import masq
+from tests.support.host import delete_links, links, unrouted
+from tests.support.ipam import reservation_files
+from tests.support.plugin import PLUGIN, agent_status
+from tests.support.processes import kill9, stop_process
+from tests.support.waiting import wait_for
 
 from .controlplane import ControlPlane
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 MANIFESTS = ("crd.yaml", "rbac.yaml", "configmap.yaml", "daemonset.yaml")
-PLUGIN = os.environ.get("LOXI_CNI_BIN", "/opt/cni/bin/loxi-cni")
 NETWORK_STATUS = "k8s.v1.cni.cncf.io/network-status"
 AGENT_SA = ("kube-system", "loxi-cni")
-# Subnets other suites use: never these.
-TAKEN = {ipaddress.ip_network(n) for n in ("10.99.0.0/24", "10.244.1.0/24")}
-
-T = TypeVar("T")
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 30) -> T:
-    """Poll ``probe`` until it returns something truthy; fail naming ``what`` at ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.1)
 
 
 def free_pod_cidr() -> ipaddress.IPv4Network:
     """A 10.97.X.0/24 no route of the host uses (a node's band of the cluster's pod network)."""
-    routes = json.loads(
-        subprocess.run(
-            ["ip", "-j", "-4", "route", "show", "table", "all"],
-            capture_output=True, text=True, check=True, timeout=30,
-        ).stdout
-    )  # fmt: skip
-    used = set(TAKEN)
-    for route in routes:
-        dst = route.get("dst", "")
-        if dst and dst != "default" and dst[0].isdigit():
-            used.add(ipaddress.ip_network(dst, strict=False))
-    for third in range(10, 250):
-        candidate = ipaddress.IPv4Network(f"10.97.{third}.0/24")
-        if not any(candidate.overlaps(u) for u in used):
-            return candidate
-    raise AssertionError("no free 10.97.X.0/24")
+    cidr = unrouted(ipaddress.IPv4Network(f"10.97.{third}.0/24") for third in range(10, 250))
+    if cidr is None:
+        raise AssertionError("no free 10.97.X.0/24")
+    return cidr
 
 
 def apply_deploy(cp: ControlPlane) -> Path:
@@ -76,7 +50,7 @@ def apply_deploy(cp: ControlPlane) -> Path:
         cp.kubectl("apply", "-f", str(DEPLOY / name))
     cp.kubectl(
         "wait", "--for=condition=Established", "--timeout=60s",
-        "crd/podnetworkinterfaces.loxicni.io",
+        "crd/podnetworkinterfaces.loxicni.io", "crd/nodenetworks.loxicni.io",
     )  # fmt: skip
     return cp.kubeconfig_for_token(cp.token_for(*AGENT_SA))
 
@@ -136,6 +110,7 @@ class Cluster:
     pod_cidrs: list[str]
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
     grace_period: float = 120.0
+    extra_args: list[str] = field(default_factory=list)  # more agent options (--cross-node ...)
     proc: subprocess.Popen[bytes] | None = None
     netns: list[str] = field(default_factory=list)
     masq_table_existed: bool = field(default_factory=lambda: masq_table() is not None)
@@ -197,17 +172,22 @@ class Cluster:
 
     # -- the agent
     def start_agent(self) -> None:
+        self.launch_agent()
+        wait_for("the agent's Kubernetes mode to be synced", self._synced, timeout=30)
+
+    def launch_agent(self) -> None:
+        """Start the agent and return at once (``start_agent`` also waits for it to sync)."""
         template = self.write_template()
         argv = [
             PLUGIN, "agent", "--socket", self.socket, "--metrics", "off",
             "--kubeconfig", str(self.kubeconfig), "--node-name", self.node,
             "--cni-conf-dir", str(self.conf_dir), "--cni-conf-template", str(template),
-            "--grace-period", str(self.grace_period), "--resync", "2",
+            "--cni-data-root", str(self.data_dir.parent),
+            "--grace-period", str(self.grace_period), "--resync", "2", *self.extra_args,
         ]  # fmt: skip
         env = {**os.environ, **self.env}
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=log)
-        wait_for("the agent's Kubernetes mode to be synced", self._synced, timeout=30)
 
     def _synced(self) -> bool:
         assert self.proc is not None
@@ -217,28 +197,18 @@ class Cluster:
         return bool(kube.get("podsSynced")) and bool(kube.get("syncs"))
 
     def status(self) -> dict[str, Any]:
-        proc = subprocess.run(
-            [PLUGIN, "status", "--json", "--socket", self.socket],
-            capture_output=True, text=True, timeout=20,
-        )  # fmt: skip
         try:
-            return dict(json.loads(proc.stdout))
+            return agent_status(self.socket)
         except ValueError:
             return {}
 
     def kill_agent(self) -> None:
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
+        kill9(self.proc)
 
     def stop_agent(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        if self.proc is not None:
+            stop_process(self.proc, grace=15)
 
     # -- the API
     def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -329,19 +299,11 @@ class Cluster:
 
     # -- the host
     def reservations(self) -> dict[str, str]:
-        directory = self.data_dir / self.network
-        if not directory.is_dir():
-            return {}
-        return {
-            p.name: p.read_bytes().decode().splitlines()[0]
-            for p in directory.iterdir()
-            if p.is_file() and p.name != "lock" and not p.name.startswith("last_reserved_ip")
-        }
+        files = reservation_files(self.data_dir, self.network)
+        return {ip: text.splitlines()[0] for ip, text in files.items()}
 
     def host_veths(self) -> list[str]:
-        with IPRoute() as ipr:
-            names = [m.get("IFLA_IFNAME") for m in ipr.get_links()]
-        return sorted(n for n in names if n and n.startswith(self.veth_prefix))
+        return sorted(ln["ifname"] for ln in links() if ln["ifname"].startswith(self.veth_prefix))
 
     def cleanup(self) -> None:
         """Whatever a failed test left: GC with no valid attachment releases it all (address,
@@ -361,9 +323,7 @@ class Cluster:
             )
         for netns in self.netns:
             subprocess.run(["ip", "netns", "del", netns], capture_output=True, timeout=30)
-        for name in self.host_veths():
-            subprocess.run(["ip", "link", "del", name], capture_output=True, timeout=30)
-        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True, timeout=30)
+        delete_links(*self.host_veths(), self.bridge)
         if not self.masq_table_existed:
             drop_unused_masq_table()
         self.kubectl("delete", "node", self.node, "--wait=false", check=False)

@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -32,6 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from tests.support.host import free_port, remove_cgroup
+from tests.support.processes import stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "scripts" / "k8s" / "build.sh"
@@ -80,13 +82,6 @@ def host_ip() -> str:
         timeout=30,
     ).stdout
     return str(json.loads(out)[0]["prefsrc"])
-
-
-def free_port() -> int:
-    """A loopback port free right now (the kernel's choice, so parallel runs do not collide)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _die_with_parent() -> None:
@@ -173,13 +168,8 @@ class ControlPlane:
 
     def _terminate(self, name: str) -> None:
         proc = self._procs.pop(name, None)
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        if proc is not None:
+            stop_process(proc, grace=10)
 
     def _spawn(self, name: str, argv: Sequence[str]) -> subprocess.Popen[bytes]:
         log = (self.work_dir / f"{name}.log").open("wb")
@@ -533,8 +523,9 @@ class ControlPlane:
         Its API (exec, logs, port-forward through the API server) listens on 127.0.0.1, which
         the API server cannot reach: the kubelet refuses a loopback node IP, so the Node's
         InternalIP is another address. With `node_ip` (one of the host's addresses, see
-        `host_ip`) it listens there and reports it as the InternalIP, so `kubectl exec` works;
-        a client needs a certificate of the throwaway CA (the API server has one).
+        `host_ip`; or "IPv4,IPv6" for a dual-stack node) it listens there (on the first) and
+        reports it as the InternalIP(s), so `kubectl exec` works; a client needs a certificate
+        of the throwaway CA (the API server has one).
 
         Made to leave the host as found: root dir, pod logs and volume plugins in the work dir,
         Pod cgroups under `cgroup_root` (give the runtime's cleanup the same one), cgroup v1
@@ -579,7 +570,7 @@ class ControlPlane:
             "cgroupRoot": cgroup_root,
             "failCgroupV1": False,  # the kubelet refuses cgroup v1 hosts by default since 1.35
             "failSwapOn": False,
-            "address": node_ip or "127.0.0.1",
+            "address": node_ip.split(",")[0] if node_ip else "127.0.0.1",
             "port": free_port(),
             "readOnlyPort": 0,
             "healthzBindAddress": "127.0.0.1",
@@ -647,12 +638,7 @@ class ControlPlane:
             timeout=30,
             check=False,
         )
-        for hierarchy in Path("/sys/fs/cgroup").iterdir():
-            top = hierarchy / files.cgroup_root.strip("/")
-            if top.is_dir():
-                for dirpath, _, _ in sorted(os.walk(top), key=lambda t: -len(t[0])):
-                    with contextlib.suppress(OSError):
-                        os.rmdir(dirpath)
+        remove_cgroup(files.cgroup_root)
         for path in files.created:
             shutil.rmtree(path, ignore_errors=True)
         for key, value in files.sysctls.items():

@@ -26,9 +26,10 @@ import pytest
 from tests.runtimes import oci
 from tests.runtimes.helpers import LOOPBACK
 from tests.runtimes.runtimes import Containerd
+from tests.support.plugin import PLUGIN
+from tests.support.waiting import wait_for
 
 from .cluster import (
-    PLUGIN,
     Cluster,
     Sandbox,
     check_interface,
@@ -36,7 +37,6 @@ from .cluster import (
     free_pod_cidr,
     host_link,
     template_from_configmap,
-    wait_for,
 )
 from .controlplane import ControlPlane
 
@@ -204,6 +204,8 @@ RBAC_ALLOWED = [
     ("get", "podnetworkinterfaces.loxicni.io"), ("list", "podnetworkinterfaces.loxicni.io"),
     ("create", "podnetworkinterfaces.loxicni.io"), ("patch", "podnetworkinterfaces.loxicni.io"),
     ("delete", "podnetworkinterfaces.loxicni.io"),
+    ("get", "nodenetworks.loxicni.io"), ("create", "nodenetworks.loxicni.io"),
+    ("patch", "nodenetworks.loxicni.io"),
 ]  # fmt: skip
 RBAC_DENIED = [
     ("patch", "pods"), ("update", "pods"), ("create", "pods"), ("delete", "pods"),
@@ -215,6 +217,8 @@ RBAC_DENIED = [
     ("create", "serviceaccounts", "--subresource=token"),
     ("deletecollection", "podnetworkinterfaces.loxicni.io"),
     ("update", "podnetworkinterfaces.loxicni.io"),
+    ("list", "nodenetworks.loxicni.io"), ("delete", "nodenetworks.loxicni.io"),
+    ("update", "nodenetworks.loxicni.io"), ("deletecollection", "nodenetworks.loxicni.io"),
     ("create", "customresourcedefinitions.apiextensions.k8s.io"),
     ("update", "customresourcedefinitions.apiextensions.k8s.io"),
     ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
@@ -333,6 +337,7 @@ def test_deploy_manifests_are_what_a_cluster_runs(
     assert init["command"] == ["/opt/loxi-cni/install-host.sh"]
     (agent,) = spec["containers"]
     assert "--in-cluster" in agent["args"]
+    assert "--cross-node=auto" in agent["args"]  # a cluster network out of the box
     template_arg = next(a for a in agent["args"] if a.startswith("--cni-conf-template="))
     mount = next(m for m in agent["volumeMounts"] if m["name"] == "template")
     assert template_arg.split("=", 1)[1].startswith(mount["mountPath"] + "/")
@@ -341,7 +346,13 @@ def test_deploy_manifests_are_what_a_cluster_runs(
     cm = control_plane.get_json("configmap", "loxi-cni-config", "-n", "kube-system")
     assert json.loads(cm["data"]["cni-conf-template.json"])["plugins"][0]["type"] == "loxi-cni"
     host_paths = {v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
-    assert {"/opt", "/etc/cni/net.d", "/run/loxi-cni", "/var/lib/loxi-cni"} <= host_paths
+    assert {
+        "/opt",
+        "/etc/cni/net.d",
+        "/run/loxi-cni",
+        "/var/lib/loxi-cni",
+        "/var/log/loxi-cni",
+    } <= (host_paths)
     env = {e["name"]: e for e in agent["env"]}
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
 

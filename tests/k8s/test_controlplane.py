@@ -10,8 +10,9 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
+
+from tests.support.waiting import wait_for
 
 from .cluster import require
 from .controlplane import ControlPlane
@@ -159,13 +160,6 @@ def test_owned_objects_are_garbage_collected(control_plane: ControlPlane, namesp
 REFERENCE_CNI = Path("/usr/lib/cni")  # Debian containernetworking-plugins
 
 
-def _wait_for(what: str, probe: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not probe():
-        assert time.monotonic() < deadline, f"{what} not within {timeout} s"
-        time.sleep(0.5)
-
-
 def test_kubelet_runs_pods_through_containerd_cri(
     control_plane: ControlPlane, tmp_path: Path
 ) -> None:
@@ -219,7 +213,7 @@ def test_kubelet_runs_pods_through_containerd_cri(
             conditions = cp.get_json("node", node)["status"].get("conditions", [])
             return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
-        _wait_for("Node Ready", node_ready, 60)
+        wait_for("Node Ready", node_ready, 60, interval=0.5)
         pod = {
             "apiVersion": "v1",
             "kind": "Pod",
@@ -232,17 +226,20 @@ def test_kubelet_runs_pods_through_containerd_cri(
             },
         }
         cp.kubectl("create", "-f", "-", input=json.dumps(pod))
-        _wait_for(
+        wait_for(
             "Pod Running",
             lambda: cp.get_json("pod", "kp")["status"].get("phase") == "Running",
             90,
+            interval=0.5,
         )
         ip = cp.get_json("pod", "kp")["status"]["podIP"]
         assert ipaddress.ip_address(ip) in subnet
         assert (ipam / "kubelet-test" / ip).exists()
 
         cp.kubectl("delete", "pod", "kp", "--timeout=60s", timeout=70)  # the kubelet confirms
-        _wait_for("address released", lambda: not (ipam / "kubelet-test" / ip).exists(), 30)
+        wait_for(
+            "address released", lambda: not (ipam / "kubelet-test" / ip).exists(), 30, interval=0.5
+        )
     finally:
         cp.stop_kubelet(node)
         containerd.close()

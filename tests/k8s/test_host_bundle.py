@@ -12,6 +12,8 @@ from pathlib import Path
 
 from pyroute2 import NetNS
 
+from tests.support.host import delete_links
+
 REPO = Path(__file__).resolve().parents[2]
 VENV = Path(os.environ.get("LOXI_CNI_VENV", "/opt/loxi-cni/venv"))
 
@@ -79,15 +81,19 @@ def test_bundle_installs_and_runs_a_pod_without_the_hosts_python(tmp_path: Path)
         "LOXI_CNI_NO_AGENT": "1",
         "LOXI_CNI_STATE_DIR": str(tmp_path / "state"),
     }
-    subprocess.run(["ip", "netns", "add", netns], check=True, timeout=30)
-    try:
-        add = subprocess.run(
+
+    def call(command: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
             [str(plugin)],
             input=json.dumps(conf).encode(),
-            env={**env, "CNI_COMMAND": "ADD"},
+            env={**env, "CNI_COMMAND": command},
             capture_output=True,
             timeout=60,
         )
+
+    subprocess.run(["ip", "netns", "add", netns], check=True, timeout=30)
+    try:
+        add = call("ADD")
         assert add.returncode == 0, add.stdout + add.stderr
         (ip,) = json.loads(add.stdout)["ips"]
         with NetNS(netns) as ns:
@@ -97,14 +103,8 @@ def test_bundle_installs_and_runs_a_pod_without_the_hosts_python(tmp_path: Path)
                 for a in ns.get_addr(index=link["index"], family=2)
             ]
         assert held == [ip["address"]]
-        delete = subprocess.run(
-            [str(plugin)],
-            input=json.dumps(conf).encode(),
-            env={**env, "CNI_COMMAND": "DEL"},
-            capture_output=True,
-            timeout=60,
-        )
+        delete = call("DEL")
         assert delete.returncode == 0, delete.stdout + delete.stderr
     finally:
         subprocess.run(["ip", "netns", "del", netns], capture_output=True, timeout=30)
-        subprocess.run(["ip", "link", "del", bridge], capture_output=True, timeout=30)
+        delete_links(bridge)

@@ -4,6 +4,7 @@ shapes, the watch loop's resume / relist / backoff, and the orphan release timin
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -18,7 +19,7 @@ import pytest
 from lightkube import ApiError
 from lightkube.models.meta_v1 import Status
 
-from loxicni.k8s import attachments, cniconf
+from loxicni.k8s import attachments, cniconf, group
 from loxicni.k8s.backoff import Backoff
 from loxicni.k8s.controller import Controller
 from loxicni.k8s.options import KubeOptions
@@ -35,7 +36,7 @@ TEMPLATE = {
             "type": "loxi-cni",
             "bridge": "br-k",
             "mtu": 1450,
-            "ipam": {"type": "host-local", "subnet": "192.0.2.0/24", "dataDir": "/x"},
+            "ipam": {"type": "host-local", "subnet": "192.0.2.0/24", "dataDir": "/var/lib/cni/p"},
         },
         {"type": "portmap", "capabilities": {"portMappings": True}},
     ],
@@ -48,7 +49,7 @@ def test_render_puts_the_pod_cidrs_in_the_ipam_and_keeps_the_rest() -> None:
     plugin = out["plugins"][0]
     assert plugin["ipam"] == {
         "type": "host-local",
-        "dataDir": "/x",
+        "dataDir": "/var/lib/cni/p",
         "ranges": [[{"subnet": "10.244.3.0/24"}], [{"subnet": "fd00:244:3::/64"}]],
         "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}],
     }
@@ -84,6 +85,89 @@ def test_render_refuses_what_cannot_carry_the_cidr(
 ) -> None:
     with pytest.raises(cniconf.TemplateError, match=why):
         cniconf.render(template, cidrs)
+
+
+def _with(**fields: Any) -> dict[str, Any]:
+    """TEMPLATE with its loxi-cni entry changed; ``ipam`` fields are merged into its ipam."""
+    template = json.loads(json.dumps(TEMPLATE))
+    plugin = template["plugins"][0]
+    plugin["ipam"].update(fields.pop("ipam", {}))
+    plugin.update(fields)
+    return dict(template)
+
+
+@pytest.mark.parametrize(
+    ("fields", "why"),
+    [
+        ({"mtu": 1400, "dnsServer": "x"}, "keys loxi-cni does not take: dnsServer"),
+        ({"runtimeConfig": {"mac": "02:00:00:00:00:01"}}, "does not take: runtimeConfig"),
+        ({"ipam": {"exec": "/bin/sh"}}, "does not take: ipam.exec"),
+        ({"logFile": "/etc/cron.d/loxi"}, "logFile '/etc/cron.d/loxi' must be a path directly"),
+        ({"logFile": "/var/log/loxi-cni/../../../etc/x"}, "logFile"),
+        ({"logFile": "/var/log/loxi-cni/sub/x.log"}, "directly in /var/log/loxi-cni"),
+        ({"logFile": "/var/log/loxi-cni"}, "logFile"),
+        ({"logFile": 7}, "logFile 7"),
+        ({"ipam": {"dataDir": "/etc"}}, "ipam.dataDir '/etc' must be a path in /var/lib/cni"),
+        ({"ipam": {"dataDir": "/var/lib/cni/../../../etc"}}, "ipam.dataDir"),
+        ({"ipam": {"dataDir": "/var/lib/cni//x"}}, "ipam.dataDir"),
+        ({"ipam": {"dataDir": "var/lib/cni/x"}}, "ipam.dataDir"),
+        ({"ipam": {"resolvConf": "/etc/shadow"}}, "ipam.resolvConf '/etc/shadow'"),
+    ],
+)
+def test_render_refuses_what_loxi_cni_does_not_take(fields: dict[str, Any], why: str) -> None:
+    """The root agent writes or reads these paths on the template's say."""
+    with pytest.raises(cniconf.TemplateError, match=re.escape(why)):
+        cniconf.render(_with(**fields), ["10.244.3.0/24"])
+
+
+def test_render_keeps_paths_in_their_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOXI_CNI_LOG_DIR", str(tmp_path / "log"))
+    fields = {
+        "logFile": str(tmp_path / "log" / "pods.log"),
+        "ipam": {"dataDir": "/var/lib/cni/networks", "resolvConf": "/etc/resolv.conf"},
+    }
+    plugin = cniconf.render(_with(**fields), ["10.244.3.0/24"])["plugins"][0]
+    assert plugin["logFile"] == fields["logFile"]
+    assert (plugin["ipam"]["dataDir"], plugin["ipam"]["resolvConf"]) == (
+        "/var/lib/cni/networks",
+        "/etc/resolv.conf",
+    )
+
+
+def test_render_refuses_paths_through_symlinks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    root = tmp_path / "cni"
+    root.mkdir()
+    (root / "store").symlink_to(elsewhere)
+    template = _with(ipam={"dataDir": str(root / "store" / "pods")})
+    with pytest.raises(cniconf.TemplateError, match="passes a symlink"):
+        cniconf.render(template, ["10.244.3.0/24"], data_root=str(root))
+    assert cniconf.render(
+        _with(ipam={"dataDir": str(root / "pods")}), ["10.0.0.0/24"], data_root=str(root)
+    )
+
+    log_dir = tmp_path / "log"
+    log_dir.mkdir()
+    monkeypatch.setenv("LOXI_CNI_LOG_DIR", str(log_dir))
+    (log_dir / "pods.log").symlink_to("/etc/passwd")
+    with pytest.raises(cniconf.TemplateError, match="passes a symlink"):
+        cniconf.render(_with(logFile=str(log_dir / "pods.log")), ["10.244.3.0/24"])
+
+    # The ConfigMap's own volume: its files are symlinks into its ..data directory.
+    volume = tmp_path / "configmap"
+    (volume / "..2026_12_01").mkdir(parents=True)
+    (volume / "..2026_12_01" / "resolv.conf").write_text("nameserver 10.96.0.10\n")
+    (volume / "..data").symlink_to("..2026_12_01")
+    (volume / "resolv.conf").symlink_to("..data/resolv.conf")
+    (volume / "passwd").symlink_to("/etc/passwd")
+    monkeypatch.setattr(cniconf, "TEMPLATE_DIR", str(volume))
+    inside = _with(ipam={"resolvConf": str(volume / "resolv.conf")})
+    assert cniconf.render(inside, ["10.244.3.0/24"])["plugins"][0]["ipam"]["resolvConf"]
+    with pytest.raises(cniconf.TemplateError, match="passes a symlink"):
+        cniconf.render(_with(ipam={"resolvConf": str(volume / "passwd")}), ["10.244.3.0/24"])
 
 
 def test_write_atomically_writes_only_changes(tmp_path: Path) -> None:
@@ -159,7 +243,7 @@ def test_resource_body_and_network_status() -> None:
     assert att is not None
     body = attachments.resource_body(att, "node-1", "u-1")
     assert body["metadata"]["ownerReferences"][0]["uid"] == "u-1"
-    assert body["metadata"]["labels"] == {attachments.NODE_LABEL: "node-1"}
+    assert body["metadata"]["labels"] == {group.NODE_LABEL: "node-1"}
     assert body["spec"]["hostInterface"] == "loxi0123456789a"
     assert (body["spec"]["mac"], body["spec"]["mtu"], body["spec"]["vlan"]) == (
         "0a:58:0a:f4:03:05", 1450, 12,
@@ -175,7 +259,7 @@ def test_resource_body_and_network_status() -> None:
          "mac": "0a:58:0a:f4:03:05", "mtu": 1450, "default": False,
          "gateway": ["10.244.3.1", "fd00::1"], "dns": {}},
     ]  # fmt: skip
-    assert len(attachments.node_label("n" * 200)) <= 63
+    assert len(group.node_label("n" * 200)) <= 63
 
 
 # ------------------------------------------------------------------------------ watcher
@@ -366,3 +450,53 @@ def test_the_agent_without_kubernetes_mode_never_loads_the_client() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == "[]"
+
+
+class SchemaApi(FakeApi):
+    """Refuses what the CRD's schema refuses (an interface without addresses), as the API
+    server does: 422 Invalid."""
+
+    def apply_interface(self, body: dict[str, Any]) -> None:
+        if not body["spec"]["ips"]:
+            raise ApiError(status=Status(code=422, message="spec.ips: should have at least 1"))
+        super().apply_interface(body)
+
+
+def test_sync_skips_what_it_cannot_read_or_the_api_refuses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LOXI_CNI_STATE_DIR", str(tmp_path))
+    uids = {name: str(uuid.uuid4()) for name in ("fine", "damaged", "emptied")}
+    saved = {}
+    for i, (name, uid) in enumerate(uids.items()):
+        args = K8S_ARGS.replace("web-0", name).replace("u-1", uid)
+        saved[name] = _record(args, container_id=str(i) * 64)
+        records.save(saved[name])
+    api = SchemaApi()
+    options = KubeOptions(node_name="n1", conf_dir=None, grace_period=60.0, resync=1000.0)
+    ctl = Controller(options, api)  # type: ignore[arg-type]
+    ctl.pods.replace([PodInfo("ns1", name, uid, None, False) for name, uid in uids.items()])
+    assert ctl.sync().applied == 3
+    published = dict(api.applied)
+
+    # One record is damaged, one lost its addresses, odd entries appear beside them.
+    directory = tmp_path / "attachments"
+    for name, change in (("damaged", {"mtu": "1500"}), ("emptied", {"ips": None})):
+        path = directory / f"{saved[name].key}.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+    (directory / "x.json").mkdir()
+    (directory / "garbage.json").write_bytes(b"\xff")
+    fine = saved["fine"]
+    fine.ips = ["10.244.3.9/24"]  # and the fine one changes: it must still get through
+    records.save(fine)
+
+    report = ctl.sync()
+    assert report.applied == 1 and report.deleted == 0
+    # The damaged record's resource stays as it was; the refused one keeps its last version.
+    assert api.applied.keys() == published.keys()
+    fine_name = next(w for w in published if w[1].startswith("fine-"))
+    assert api.applied[fine_name]["spec"]["ips"] == ["10.244.3.9/24"]
+    damaged = next(w for w in published if w[1].startswith("damaged-"))
+    assert api.applied[damaged] == published[damaged]
+    assert api.annotations[uids["fine"]][0]["ips"] == ["10.244.3.9"]
+    assert ctl.sync().applied == 0  # a refused resource is not sent again until it changes

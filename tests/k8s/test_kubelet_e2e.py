@@ -15,6 +15,7 @@ import ipaddress
 import json
 import os
 import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,30 +24,33 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pyroute2 import IPRoute
 
 from loxicni.net import masq
 from tests.runtimes import oci
 from tests.runtimes.helpers import CRICTL, LOOPBACK
 from tests.runtimes.runtimes import Containerd
+from tests.support.plugin import PLUGIN
+from tests.support.waiting import wait_for
 
 from .cluster import (
-    PLUGIN,
     Cluster,
     Sandbox,
     check_interface,
     check_network_status,
     free_pod_cidr,
     require,
-    wait_for,
 )
-from .controlplane import ControlPlane, host_ip
+from .controlplane import ControlPlane
+from .simcluster import OneShotServer, SimCluster, fetch
 
 BUSYBOX = "loxi.local/busybox:rt"
 PAUSE = "loxi.local/pause:rt"  # containerd's sandbox_image (tests.runtimes.runtimes.Containerd)
 PORT = 8080
 # libcni (in containerd 1.6) caches each ADD's result here, whatever the CRI config says.
 CNI_CACHE = Path("/var/lib/cni/results")
-TOOLS = ("containerd", "ctr", "runc", "gcc", "ip", "nft", "umount")
+TOOLS = ("containerd", "ctr", "runc", "gcc", "ip", "nft", "umount", "ping", "curl")
+HOST = 100  # the kubelet node's address in the simulated cluster's first subnet
 
 # containerd's CRI runs this as `loxi-cni`: the installed thin client, pointed at the test's
 # agent (and, were the agent down, at its state dir). Each call is logged for the assertions.
@@ -117,23 +121,50 @@ class Node:
         return sandbox
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
+def sim(
+    control_plane: ControlPlane, agent_kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SimCluster]:
+    """Two simulated nodes for the kubelet node to join: one on its subnet, one behind a
+    router; the host joins their switch through a veth (addresses and routes of the test's
+    own, removed afterwards)."""
+    cluster = SimCluster(control_plane, agent_kubeconfig, tmp_path_factory.mktemp("sim"))
+    try:
+        cluster.build(nodes=2)
+        cluster.join_host()
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture(scope="module")
 def node(
     control_plane: ControlPlane,
-    agent_kubeconfig: Path,
-    namespace: str,
+    sim: SimCluster,
     images: list[oci.Image],
-    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Node]:
-    """containerd, a kubelet registering the Node (pod CIDRs patched in at once), then the
-    agent, which writes the CNI config; ready once the Node is. Undone in reverse order,
-    whatever failed: the kubelet first (else it restarts what is being removed), containerd
-    (its sandboxes' DELs still reach the agent), then the agent's network and the Node."""
+    """containerd, a kubelet registering the Node (pod CIDRs patched in at once) with its
+    InternalIPs on the veth into the simulated cluster, then the agent (--cross-node auto, a
+    token bound to the Node), which writes the CNI config; ready once the Node is; then the
+    simulated nodes' agents, and a pod on each. Undone in reverse order, whatever failed: the
+    kubelet first (else it restarts what is being removed), containerd (its sandboxes' DELs
+    still reach the agent), the simulated nodes' pods and agents, the agent's network, the
+    Node, and the documented teardown of what the agent made for the node."""
     cp = control_plane
+    tmp_path = tmp_path_factory.mktemp("kubelet")
+    namespace = f"kubelet-{uuid.uuid4().hex[:6]}"
+    cp.create_namespace(namespace)
     v4 = free_pod_cidr()
     v6 = ipaddress.ip_network(f"fd97:{v4.network_address.packed[2]:x}::/64")
     name = f"kubelet-{uuid.uuid4().hex[:6]}"
-    cluster = Cluster(cp, agent_kubeconfig, namespace, tmp_path, name, [str(v4), str(v6)])
+    cluster = Cluster(cp, Path(), namespace, tmp_path, name, [str(v4), str(v6)])
+    # the overlay's own settings, so no other vxlan device on this host is in the way
+    overlay = (
+        "--vxlan-device", f"lx{sim.tag}", "--vxlan-port", str(40000 + int(sim.tag, 16) % 20000),
+        "--vxlan-vni", str(1000 + int(sim.tag, 16) % 1000),
+    )  # fmt: skip
+    cluster.extra_args = ["--cross-node", "auto", *overlay]
     bin_dir, calls_log = tmp_path / "cni-bin", tmp_path / "cni-calls.log"
     bin_dir.mkdir()
     cluster.conf_dir.mkdir()  # containerd watches it from the start
@@ -147,21 +178,32 @@ def node(
     shutil.copy2(LOOPBACK, bin_dir / "loopback")
     cgroup_root = f"/loxi-kubelet-{cluster.tag}"
     containerd = Containerd(tmp_path / "containerd", bin_dir, cluster.conf_dir, cgroup_root)
+    node_ips = ",".join(map(str, sim.underlays[0].ip(HOST)))
     try:
         containerd.start()
         for image in images:
             containerd.import_image(image, namespace="k8s.io")
         cp.start_kubelet(
             name, containerd.socket, pod_cidrs=cluster.pod_cidrs, cgroup_root=cgroup_root,
-            node_ip=host_ip(),
+            node_ip=node_ips,
         )  # fmt: skip
+        token = cp.kubectl(
+            "create", "token", "loxi-cni", "-n", "kube-system", "--duration=2h",
+            "--bound-object-kind=Node", f"--bound-object-name={name}",
+        ).stdout.strip()  # fmt: skip
+        cluster.kubeconfig = cp.kubeconfig_for_token(token)
         cluster.start_agent()
         wait_for("the agent's CNI config", cluster.conf_path.exists)
         wait_for("the Node to be Ready", lambda: _node_ready(cp, name), timeout=90)
+        template = sim.template()
+        for sim_node in sim.nodes:
+            sim_node.start_agent("auto", template, extra=overlay)
+            sim_node.add_pod(sim.tag)
         yield Node(cluster, containerd, calls_log)
     finally:
         # Shown only when the test failed (pytest's captured teardown output).
-        for log in (cp.log(f"kubelet-{name}"), containerd.log, cluster.log, calls_log):
+        logs = (cp.log(f"kubelet-{name}"), containerd.log, cluster.log, calls_log)
+        for log in (*logs, *(n.log for n in sim.nodes)):
             tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(none)"
             print(f"----- {log.name}\n{tail}")
         try:
@@ -171,8 +213,38 @@ def node(
                 "delete", "pods", "--all", "-n", namespace, "--grace-period=0", "--force",
                 check=False,
             )  # fmt: skip
+            for sim_node in sim.nodes:
+                sim_node.del_pods()
+                sim_node.stop_agent()
         finally:
-            cluster.cleanup()
+            try:
+                cluster.cleanup()
+                _teardown_host(cluster, overlay[1])
+            finally:
+                cp.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def _teardown_host(cluster: Cluster, device: str) -> None:
+    """`loxi-cni teardown` on the host for this node's agent, then nothing of it is left:
+    no route of the overlay, no vxlan device, no CNI config."""
+    out = subprocess.run(
+        [PLUGIN, "teardown", "--json", "--cni-conf-dir", str(cluster.conf_dir),
+         "--vxlan-device", device],
+        env={**os.environ, **cluster.env}, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    routes = (
+        subprocess.run(
+            ["ip", "route", "show", "proto", "76"], capture_output=True, text=True, check=True
+        ).stdout
+        + subprocess.run(
+            ["ip", "-6", "route", "show", "proto", "76"], capture_output=True, text=True, check=True
+        ).stdout
+    )
+    assert routes.strip() == "", f"overlay routes left on the host: {routes}"
+    with IPRoute() as ipr:
+        left = [n for n in (f"{device}4", f"{device}6") if ipr.link_lookup(ifname=n)]
+    assert left == [] and not cluster.conf_path.exists()
 
 
 def _node_ready(cp: ControlPlane, node: str) -> bool:
@@ -302,3 +374,36 @@ def test_kubelet_runs_pods_on_loxi_cni(node: Node) -> None:
     assert status["attachments"] == 0
     # Every call reached the agent (none ran in-process): it served them all.
     assert status["requestsServed"] >= len(node.calls()) >= 4
+
+
+def test_a_kubelet_pod_reaches_pods_on_simulated_nodes(node: Node, sim: SimCluster) -> None:
+    """The kubelet node is one node of a cluster with simulated ones (--cross-node auto on
+    every node): a Pod the kubelet runs reaches a pod on each simulated node, directly (the
+    node on its subnet) and through vxlan (the node behind the router), in both families,
+    and those pods reach it back; neither side sees a node's address instead of the pod's
+    (ipMasq is on, and pod-to-pod traffic is exempt)."""
+    cluster, cp = node.cluster, node.cluster.cp
+    manifest = _pod("joiner", node, f"nc -ll -p {PORT} -e hostname", port=PORT)
+    cp.kubectl("create", "-f", "-", input=json.dumps(manifest))
+    pod = _wait_ready(cluster, "joiner")
+    ips = {ipaddress.ip_address(i["ip"]).version: i["ip"] for i in pod["status"]["podIPs"]}
+    direct, behind = sim.nodes
+    nn = wait_for(
+        "the kubelet node's NodeNetwork with both peers",
+        lambda: (
+            (n := cp.get_json("nodenetwork", cluster.node))["status"]["peers"]["programmed"] == 2
+            and n
+        ),
+    )
+    assert nn["status"]["peers"] | {"direct": 1, "vxlan": 1} == nn["status"]["peers"]
+    assert nn["status"]["conditions"][0]["status"] == "True"
+    for sim_node in (direct, behind):
+        sim_pod = sim_node.pods[0]
+        for version in (4, 6):
+            server = OneShotServer(sim_pod.name, sim_pod.ips[version], sim_node.name)
+            argv = ("exec", "-n", cluster.namespace, "joiner", "--",
+                    "nc", "-w", "5", sim_pod.ips[version], str(server.port))  # fmt: skip
+            assert cp.kubectl(*argv).stdout.strip() == sim_node.name, (sim_node.name, version)
+            assert server.close() == ips[version]  # the Pod's own address: not masqueraded
+            assert fetch(sim_pod.name, ips[version], PORT) == "joiner", (sim_node.name, version)
+    cp.kubectl("delete", "pod", "joiner", "-n", cluster.namespace, "--timeout=60s", timeout=70)

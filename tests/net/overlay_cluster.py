@@ -26,59 +26,13 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
-from typing import Any
 
 from pyroute2 import IPRoute
 
-from loxicni.net import netns, overlay, rtnl
+from loxicni.net import netns, overlay
 from loxicni.net.ip import IPAddress
 from loxicni.net.peers import LocalNode, Peer
-from loxicni.net.rtnl import Request, Rtnl
-
-MODIFYING = frozenset(
-    {
-        rtnl.RTM_NEWLINK,
-        rtnl.RTM_DELLINK,
-        rtnl.RTM_SETLINK,
-        rtnl.RTM_NEWADDR,
-        rtnl.RTM_DELADDR,
-        rtnl.RTM_NEWROUTE,
-        rtnl.RTM_DELROUTE,
-        rtnl.RTM_NEWNEIGH,
-        rtnl.RTM_DELNEIGH,
-    }
-)
-
-
-class CountingRtnl(Rtnl):
-    """An Rtnl that counts the requests sent through it that change the kernel, and the
-    system calls that sent them: the tests' own count, independent of the sync's report."""
-
-    def __init__(self, sock: Any) -> None:
-        super().__init__(sock)
-        self.modifying = 0
-        self.reads = 0
-        self.sends = 0
-
-    def _count(self, request: Request) -> None:
-        if request[0] in MODIFYING and request[1] & rtnl.NLM_F_DUMP != rtnl.NLM_F_DUMP:
-            self.modifying += 1
-        else:
-            self.reads += 1
-
-    def call(self, request: Request) -> list[bytes]:
-        self._count(request)
-        self.sends += 1
-        return super().call(request)
-
-    def batch(self, requests: Any, *, window: int = rtnl.BATCH_WINDOW) -> Any:
-        for request in requests:
-            self._count(request)
-        self.sends += -(-len(requests) // window)
-        return super().batch(requests, window=window)
-
-    def reset(self) -> None:
-        self.modifying = self.reads = self.sends = 0
+from tests.support.counting_rtnl import CountingRtnl
 
 
 def sh(ns: str, script: str) -> None:
@@ -286,14 +240,14 @@ SIGNALS = {
 }
 
 
-def path_mtu_signals(node: Node) -> dict[str, int]:
-    """The counters that move when ``node`` forwards a packet too big for its next hop (it
-    drops it and asks the sender for smaller ones: the ICMP a firewall may eat, leaving a
-    black hole)."""
+def path_mtu_signals(ns: str) -> dict[str, int]:
+    """The counters that move when the node of netns ``ns`` forwards a packet too big for its
+    next hop (it drops it and asks the sender for smaller ones: the ICMP a firewall may eat,
+    leaving a black hole)."""
     out: dict[str, int] = {}
     for path in ("/proc/net/snmp", "/proc/net/snmp6"):
         text = subprocess.run(
-            ["ip", "netns", "exec", node.ns, "cat", path],
+            ["ip", "netns", "exec", ns, "cat", path],
             capture_output=True,
             text=True,
             check=True,

@@ -8,12 +8,14 @@ the table itself is deleted afterwards only if it did not exist before and is em
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from ipaddress import IPv4Interface, IPv6Interface, ip_interface
+from dataclasses import dataclass
+from ipaddress import IPv4Interface, IPv6Interface, ip_interface, ip_network
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -22,7 +24,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from loxicni.net import masq
+from loxicni.net import masq, netns
 
 V4 = ip_interface("10.99.0.5/24")
 V6 = ip_interface("fd99::5/64")
@@ -388,3 +390,114 @@ def test_traffic_within_the_pods_subnet_is_not_masqueraded(
     assert source_seen_by_server("10.254.2.2") == "10.254.1.2"
     masq.add_masquerade(net, "pod", "eth0", [ip_interface("10.254.1.2/24")])
     assert source_seen_by_server("10.254.2.2") == "10.254.2.1"
+
+
+# --- the cluster's pod networks (the agent's set), in a namespace of their own -----------------
+
+
+@dataclass
+class NodeNs:
+    """A node netns with its own nftables, with a pod netns and an "elsewhere" netns behind it
+    (pod 10.253.1.2 -- node -- 10.253.2.2 elsewhere)."""
+
+    node: str
+    pod: str
+    out: str
+    fd: int = -1
+
+    def run(self, fn: Callable[[], Any]) -> Any:
+        """``fn`` in the node's netns (nft included: it is forked from there)."""
+        return netns.run_in(self.fd, fn)
+
+
+@pytest.fixture
+def node_ns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[NodeNs]:
+    monkeypatch.setenv("LOXI_CNI_RUN_DIR", str(tmp_path))
+    tag = uuid.uuid4().hex[:6]
+    node, pod, out = f"lxm-{tag}-n", f"lxm-{tag}-p", f"lxm-{tag}-o"
+    try:
+        for ns in (node, pod, out):
+            sh("ip", "netns", "add", ns)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        for side, n in ((pod, 1), (out, 2)):
+            sh("ip", "-n", node, "link", "add", f"v{n}", "type", "veth", "peer", "eth0",
+               "netns", side)  # fmt: skip
+            sh("ip", "-n", node, "addr", "add", f"10.253.{n}.1/24", "dev", f"v{n}")
+            sh("ip", "-n", node, "link", "set", f"v{n}", "up")
+            sh("ip", "-n", side, "addr", "add", f"10.253.{n}.2/24", "dev", "eth0")
+            sh("ip", "-n", side, "link", "set", "eth0", "up")
+            sh("ip", "-n", side, "route", "add", "default", "via", f"10.253.{n}.1")
+        sh("ip", "netns", "exec", node, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        made = NodeNs(node, pod, out, netns.open_netns(f"/var/run/netns/{node}"))
+        yield made
+        os.close(made.fd)
+    finally:
+        for ns in (node, pod, out):
+            sh("ip", "netns", "del", ns, check=False)
+
+
+def _seen_from(pod: str, out: str) -> str:
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", out, sys.executable, "-c", SERVER, "10.253.2.2"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert server.stdout is not None
+        port = server.stdout.readline().strip()
+        subprocess.run(["ip", "netns", "exec", pod, sys.executable, "-c", CLIENT, "10.253.2.2",
+                        port], check=True, timeout=15)  # fmt: skip
+        seen, _ = server.communicate(timeout=15)
+        return seen.strip()
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+
+
+def test_cluster_networks_are_kept_exactly(node_ns: NodeNs) -> None:
+    net, node, run = ip_network, node_ns.node, node_ns.run
+
+    def listed() -> dict[str, set[str]]:
+        argv = ["ip", "netns", "exec", node, "nft", "-j", "list", "table", "inet", masq.TABLE]
+        out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+        return {
+            o["set"]["name"]: {masq._render(e) for e in o["set"].get("elem", [])}
+            for o in json.loads(out)["nftables"]
+            if o.get("set", {}).get("name") in ("cluster4", "cluster6")
+        }
+
+    # nothing to exempt and no table: none is made for it
+    assert run(lambda: masq.set_cluster_networks([])) is False
+    assert run(masq.delete_table_if_unused) is False
+    nets = [net("10.244.1.0/24"), net("10.244.2.0/24"), net("10.245.0.0/16"),
+            net("10.245.3.0/24"), net("fd00:244:1::/64")]  # fmt: skip
+    assert run(lambda: masq.set_cluster_networks(nets)) is True
+    # one inside another is left out (an interval set refuses overlaps)
+    assert listed() == {
+        "cluster4": {"10.244.1.0/24", "10.244.2.0/24", "10.245.0.0/16"},
+        "cluster6": {"fd00:244:1::/64"},
+    }
+    assert run(lambda: masq.set_cluster_networks(nets)) is False  # read back, not written
+    rules = subprocess.run(["ip", "netns", "exec", node, "nft", "list", "chain", "inet",
+                            masq.TABLE, "postrouting"], capture_output=True, text=True,
+                           check=True).stdout  # fmt: skip
+    assert "ip daddr != @cluster4" in rules and "ip6 daddr != @cluster6" in rules
+    assert "ipMasq v2" in rules
+    # a node's CIDR grows over its neighbour's: one transaction replaces both
+    grown = [net("10.244.0.0/22"), net("fd00:244:1::/64")]
+    assert run(lambda: masq.set_cluster_networks(grown)) is True
+    assert listed() == {"cluster4": {"10.244.0.0/22"}, "cluster6": {"fd00:244:1::/64"}}
+    assert run(masq.cluster_networks) == {"10.244.0.0/22", "fd00:244:1::/64"}
+    assert run(masq.delete_table_if_unused) is False  # it holds something
+    assert run(lambda: masq.set_cluster_networks([])) is True
+    assert run(masq.delete_table_if_unused) is True
+
+
+def test_traffic_to_cluster_networks_is_not_masqueraded(node_ns: NodeNs) -> None:
+    pod, out, run = node_ns.pod, node_ns.out, node_ns.run
+    run(lambda: masq.add_masquerade("n", "c", "eth0", [ip_interface("10.253.1.2/24")]))
+    assert _seen_from(pod, out) == "10.253.2.1"  # leaving the pod's subnet: masqueraded
+    run(lambda: masq.set_cluster_networks([ip_network("10.253.2.0/24")]))
+    assert _seen_from(pod, out) == "10.253.1.2"  # another node's pods: the pod's own address
+    run(lambda: masq.set_cluster_networks([]))
+    assert _seen_from(pod, out) == "10.253.2.1"

@@ -201,10 +201,10 @@ def test_vxlan(nodes: list[Node]) -> None:
         (veth,) = ipr.link("get", ifname="veth1")
         (eth0,) = pod.link("get", ifname="eth0")
     assert veth.get("IFLA_MTU") == eth0.get("IFLA_MTU") == 1430
-    before = {node.name: path_mtu_signals(node) for node in nodes}
+    before = {node.name: path_mtu_signals(node.ns) for node in nodes}
     transfer(n1, n3, 4)
     transfer(n3, n1, 6)
-    assert {node.name: path_mtu_signals(node) for node in nodes} == before
+    assert {node.name: path_mtu_signals(node.ns) for node in nodes} == before
     # the control: pods at the underlay's MTU (both ends, or TCP's MSS would take the
     # smaller) make their node drop and signal
     try:
@@ -215,7 +215,7 @@ def test_vxlan(nodes: list[Node]) -> None:
     finally:
         set_pod_mtu(n1, 1430)
         set_pod_mtu(n3, 1430)
-    after = path_mtu_signals(n1)
+    after = path_mtu_signals(n1.ns)
     assert after["Ip FragFails"] > before["node1"]["Ip FragFails"]
     assert after["Icmp6OutPktTooBigs"] > before["node1"]["Icmp6OutPktTooBigs"]
     # nothing changed: the second sync changes nothing, and says so by its own count
@@ -253,6 +253,8 @@ def test_auto(nodes: list[Node]) -> None:
     # node1 and node2 share a subnet: a direct route between them, vxlan to and from node3
     assert reports["node1"].changes == {"route add": 4, "neigh set": 2, "fdb set": 2}
     assert reports["node3"].changes == {"route add": 4, "neigh set": 4, "fdb set": 4}
+    assert reports["node1"].paths == {"direct": {"node2"}, "vxlan": {"node3"}}
+    assert reports["node3"].paths == {"direct": set(), "vxlan": {"node1", "node2"}}
     _assert_vxlan_state(n1, [n2, n3], direct={"node2"})
     _assert_vxlan_state(n2, [n1, n3], direct={"node1"})
     _assert_vxlan_state(n3, [n1, n2], direct=set())
@@ -284,6 +286,7 @@ def test_reconcile(nodes: list[Node]) -> None:
         f"route 10.244.2.0/24 via 10.244.2.0 dev {dev4} onlink: "
         "a route of another protocol is in the way"
     ]
+    assert report.peer_failures == {"node2": report.failures}  # whose entry was refused
     foreign = _routes(n1, proto=4)
     assert foreign["10.244.2.0/24"].get("RTA_GATEWAY") == "192.168.50.2"  # untouched
     assert "10.99.0.0/16" in foreign
@@ -334,7 +337,7 @@ def test_reconcile(nodes: list[Node]) -> None:
     before = (_index(n1, VXLAN.device4), _index(n1, VXLAN.device6))
     n1.rt.close()
     from loxicni.net import netns
-    from tests.net.overlay_cluster import CountingRtnl
+    from tests.support.counting_rtnl import CountingRtnl
 
     n1.rt = CountingRtnl(netns.netlink_socket_in(n1.fd))
     report = _sync(n1, [n1.peer, n2.peer], VXLAN)

@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import os
 import struct
 import subprocess
 import threading
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -26,43 +23,23 @@ from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from loxicni.cni.types import Route
-from loxicni.net import ipconf, links, netns, rtnl
+from loxicni.net import ipconf, links, rtnl
 from loxicni.net.rtnl import NetlinkError, Rtnl
+
+from .encoding import ACK, CREATE, DUMP, packed, pyroute2_bytes
+from .own_netns import Ns, open_ns
 
 MAC_A = "02:00:5e:00:53:01"
 MAC_B = "02:00:5e:00:53:02"
 
 
-def _packed(ip: str) -> bytes:
-    return ipaddress.ip_address(ip).packed
-
-
 # --------------------------------------------------------------------- encodings (oracle)
-
-
-def _oracle(
-    cls: Any, msg_type: int, flags: int, fields: dict[str, int], attrs: list[Any], seq: int = 7
-) -> bytes:
-    """pyroute2's encoding of one message (header with NLM_F_REQUEST, fields, attributes)."""
-    msg = cls()
-    msg["header"]["type"] = msg_type
-    msg["header"]["flags"] = flags | rtnl.NLM_F_REQUEST
-    msg["header"]["sequence_number"] = seq
-    msg["header"]["pid"] = 0
-    for key, value in fields.items():
-        msg[key] = value
-    msg["attrs"] = attrs
-    msg.encode()
-    return bytes(msg.data)
 
 
 def _ours(request: rtnl.Request, seq: int = 7) -> bytes:
     return rtnl.encode(request, seq)
 
 
-ACK = rtnl.NLM_F_ACK
-CREATE = rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL | rtnl.NLM_F_ACK
-DUMP = rtnl.NLM_F_DUMP
 SKIP_STATS = ("IFLA_EXT_MASK", rtnl.RTEXT_FILTER_SKIP_STATS)
 
 
@@ -77,22 +54,22 @@ ENCODINGS: list[tuple[str, rtnl.Request, bytes]] = [
     (
         "link get by name",
         rtnl.link_get(name="eth0"),
-        _oracle(ifinfmsg, rtnl.RTM_GETLINK, 0, {}, [("IFLA_IFNAME", "eth0"), SKIP_STATS]),
+        pyroute2_bytes(ifinfmsg, rtnl.RTM_GETLINK, 0, {}, [("IFLA_IFNAME", "eth0"), SKIP_STATS]),
     ),
     (
         "link get by index",
         rtnl.link_get(index=42),
-        _oracle(ifinfmsg, rtnl.RTM_GETLINK, 0, {"index": 42}, [SKIP_STATS]),
+        pyroute2_bytes(ifinfmsg, rtnl.RTM_GETLINK, 0, {"index": 42}, [SKIP_STATS]),
     ),
     (
         "link dump",
         rtnl.link_dump(),
-        _oracle(ifinfmsg, rtnl.RTM_GETLINK, DUMP, {}, [SKIP_STATS]),
+        pyroute2_bytes(ifinfmsg, rtnl.RTM_GETLINK, DUMP, {}, [SKIP_STATS]),
     ),
     (
         "bridge",
         rtnl.link_add_bridge("br-x", mac=MAC_A, mtu=1400, vlan_filtering=True),
-        _oracle(
+        pyroute2_bytes(
             ifinfmsg,
             rtnl.RTM_NEWLINK,
             CREATE,
@@ -108,7 +85,7 @@ ENCODINGS: list[tuple[str, rtnl.Request, bytes]] = [
     (
         "bridge, defaults",
         rtnl.link_add_bridge("br-x", mac=MAC_A),
-        _oracle(
+        pyroute2_bytes(
             ifinfmsg,
             rtnl.RTM_NEWLINK,
             CREATE,
@@ -119,7 +96,7 @@ ENCODINGS: list[tuple[str, rtnl.Request, bytes]] = [
     (
         "veth, peer in a netns",
         rtnl.link_add_veth("loxi0", peer_name="eth0", peer_netns_fd=9, mtu=1450, peer_mac=MAC_B),
-        _oracle(
+        pyroute2_bytes(
             ifinfmsg,
             rtnl.RTM_NEWLINK,
             CREATE,
@@ -147,7 +124,7 @@ ENCODINGS: list[tuple[str, rtnl.Request, bytes]] = [
     (
         "veth, plain",
         rtnl.link_add_veth("loxi0", peer_name="eth0"),
-        _oracle(
+        pyroute2_bytes(
             ifinfmsg,
             rtnl.RTM_NEWLINK,
             CREATE,
@@ -161,7 +138,7 @@ ENCODINGS: list[tuple[str, rtnl.Request, bytes]] = [
     (
         "set: up, alias, master",
         rtnl.link_set(5, up=True, alias="loxi/net/c1/eth0", master=3),
-        _oracle(
+        pyroute2_bytes(
             ifinfmsg,
             rtnl.RTM_SETLINK,
             ACK,
@@ -172,7 +149,7 @@ ENCODINGS: list[tuple[str, rtnl.Request, bytes]] = [
     (
         "set: down, promisc, mtu, group",
         rtnl.link_set(5, up=False, promisc=True, mtu=9000, group=0x4C580001),
-        _oracle(
+        pyroute2_bytes(
             ifinfmsg,
             rtnl.RTM_SETLINK,
             ACK,
@@ -183,7 +160,7 @@ ENCODINGS: list[tuple[str, rtnl.Request, bytes]] = [
     (
         "bridge vlan_filtering",
         rtnl.bridge_set_vlan_filtering(3, True),
-        _oracle(
+        pyroute2_bytes(
             ifinfmsg,
             rtnl.RTM_NEWLINK,
             ACK,
@@ -196,7 +173,7 @@ ENCODINGS: list[tuple[str, rtnl.Request, bytes]] = [
         rtnl.bridge_vlan(
             "add", 5, 100, links.BRIDGE_VLAN_INFO_PVID | links.BRIDGE_VLAN_INFO_UNTAGGED
         ),
-        _oracle(
+        pyroute2_bytes(
             ifinfmsg,
             rtnl.RTM_SETLINK,
             ACK,
@@ -207,7 +184,7 @@ ENCODINGS: list[tuple[str, rtnl.Request, bytes]] = [
     (
         "vlan del",
         rtnl.bridge_vlan("del", 5, 1),
-        _oracle(
+        pyroute2_bytes(
             ifinfmsg,
             rtnl.RTM_DELLINK,
             ACK,
@@ -218,17 +195,17 @@ ENCODINGS: list[tuple[str, rtnl.Request, bytes]] = [
     (
         "link del",
         rtnl.link_del(5),
-        _oracle(ifinfmsg, rtnl.RTM_DELLINK, ACK, {"index": 5}, []),
+        pyroute2_bytes(ifinfmsg, rtnl.RTM_DELLINK, ACK, {"index": 5}, []),
     ),
     (
         "link del by group",
         rtnl.link_del_group(0x4C580002),
-        _oracle(ifinfmsg, rtnl.RTM_DELLINK, ACK, {}, [("IFLA_GROUP", 0x4C580002)]),
+        pyroute2_bytes(ifinfmsg, rtnl.RTM_DELLINK, ACK, {}, [("IFLA_GROUP", 0x4C580002)]),
     ),
     (
         "address v4",
-        rtnl.addr_add(5, _packed("10.9.0.2"), 24),
-        _oracle(
+        rtnl.addr_add(5, packed("10.9.0.2"), 24),
+        pyroute2_bytes(
             ifaddrmsg,
             rtnl.RTM_NEWADDR,
             CREATE,
@@ -238,8 +215,8 @@ ENCODINGS: list[tuple[str, rtnl.Request, bytes]] = [
     ),
     (
         "address v6 without DAD",
-        rtnl.addr_add(5, _packed("fd00:9::2"), 64, nodad=True),
-        _oracle(
+        rtnl.addr_add(5, packed("fd00:9::2"), 64, nodad=True),
+        pyroute2_bytes(
             ifaddrmsg,
             rtnl.RTM_NEWADDR,
             CREATE,
@@ -249,8 +226,8 @@ ENCODINGS: list[tuple[str, rtnl.Request, bytes]] = [
     ),
     (
         "address del",
-        rtnl.addr_del(5, _packed("fd00:9::2"), 64),
-        _oracle(
+        rtnl.addr_del(5, packed("fd00:9::2"), 64),
+        pyroute2_bytes(
             ifaddrmsg,
             rtnl.RTM_DELADDR,
             ACK,
@@ -261,23 +238,23 @@ ENCODINGS: list[tuple[str, rtnl.Request, bytes]] = [
     (
         "address dump of one link",
         rtnl.addr_dump(5),
-        _oracle(ifaddrmsg, rtnl.RTM_GETADDR, DUMP, {"index": 5}, []),
+        pyroute2_bytes(ifaddrmsg, rtnl.RTM_GETADDR, DUMP, {"index": 5}, []),
     ),
     (
         "route, everything",
         rtnl.route_add(
             rtnl.AF_INET,
-            _packed("10.8.0.0"),
+            packed("10.8.0.0"),
             16,
             oif=5,
-            gateway=_packed("10.9.0.1"),
+            gateway=packed("10.9.0.1"),
             priority=7,
             table=100,
             scope=0,
             mtu=1400,
             advmss=1300,
         ),
-        _oracle(
+        pyroute2_bytes(
             rtmsg,
             rtnl.RTM_NEWROUTE,
             CREATE,
@@ -294,8 +271,8 @@ ENCODINGS: list[tuple[str, rtnl.Request, bytes]] = [
     ),
     (
         "route, v6 default via gateway",
-        rtnl.route_add(rtnl.AF_INET6, _packed("::"), 0, oif=5, gateway=_packed("fd00:9::1")),
-        _oracle(
+        rtnl.route_add(rtnl.AF_INET6, packed("::"), 0, oif=5, gateway=packed("fd00:9::1")),
+        pyroute2_bytes(
             rtmsg,
             rtnl.RTM_NEWROUTE,
             CREATE,
@@ -305,8 +282,8 @@ ENCODINGS: list[tuple[str, rtnl.Request, bytes]] = [
     ),
     (
         "route, table >= 256 and link scope",
-        rtnl.route_add(rtnl.AF_INET, _packed("10.8.0.0"), 16, oif=5, table=1000, scope=253),
-        _oracle(
+        rtnl.route_add(rtnl.AF_INET, packed("10.8.0.0"), 16, oif=5, table=1000, scope=253),
+        pyroute2_bytes(
             rtmsg,
             rtnl.RTM_NEWROUTE,
             CREATE,
@@ -317,7 +294,9 @@ ENCODINGS: list[tuple[str, rtnl.Request, bytes]] = [
     (
         "route dump of one link",
         rtnl.route_dump(rtnl.AF_INET6, oif=5),
-        _oracle(rtmsg, rtnl.RTM_GETROUTE, DUMP, {"family": 10, "table": 254}, [("RTA_OIF", 5)]),
+        pyroute2_bytes(
+            rtmsg, rtnl.RTM_GETROUTE, DUMP, {"family": 10, "table": 254}, [("RTA_OIF", 5)]
+        ),
     ),
 ]
 
@@ -334,7 +313,7 @@ def test_hairpin_encoding_is_pyroute2s_with_the_nested_flag() -> None:
     bare STP port state (and pyroute2 sends it with RTM_NEWLINK, which never reaches the
     bridge's handler); ``bridge link set hairpin on`` sets the flag, and so do we."""
     oracle = bytearray(
-        _oracle(
+        pyroute2_bytes(
             ifinfmsg,
             rtnl.RTM_SETLINK,
             ACK,
@@ -374,12 +353,12 @@ def test_same_bytes_as_the_pyroute2_calls_the_plugin_made() -> None:
     assert _ours(rtnl.bridge_vlan("add", 5, 100, 6)) == _batch(
         lambda i: i.vlan_filter("add", index=5, vlan_info={"vid": 100, "flags": 6})
     )
-    assert _ours(rtnl.addr_add(5, _packed("10.9.0.2"), 24)) == _batch(
+    assert _ours(rtnl.addr_add(5, packed("10.9.0.2"), 24)) == _batch(
         lambda i: i.addr("add", index=5, address="10.9.0.2", prefixlen=24)
     )
-    assert _ours(rtnl.route_add(2, _packed("10.8.0.0"), 16, oif=5, gateway=_packed("10.9.0.1")))
+    assert _ours(rtnl.route_add(2, packed("10.8.0.0"), 16, oif=5, gateway=packed("10.9.0.1")))
     assert _ours(
-        rtnl.route_add(2, _packed("10.8.0.0"), 16, oif=5, gateway=_packed("10.9.0.1"))
+        rtnl.route_add(2, packed("10.8.0.0"), 16, oif=5, gateway=packed("10.9.0.1"))
     ) == _batch(lambda i: i.route("add", dst="10.8.0.0/16", oif=5, gateway="10.9.0.1"))
     # Link changes: pyroute2 sends RTM_NEWLINK, we send RTM_SETLINK; the rest is the same.
     setlink = bytearray(_batch(lambda i: i.link("set", index=5, ifalias="a", master=3, state="up")))
@@ -398,28 +377,12 @@ def test_attribute_parsing() -> None:
 # ------------------------------------------------------------------- against the kernel
 
 
-@dataclass
-class Ns:
-    """A network namespace of our own: its name, fd, our handle and pyroute2's in it."""
-
-    name: str
-    fd: int
-    rt: Rtnl
-    pyr: IPRoute
-
-    def link(self, index: int) -> Any:
-        return self.pyr.link("get", index=index)[0]
-
-
 @pytest.fixture
 def make_ns() -> Iterator[Any]:
     made: list[Ns] = []
 
     def make() -> Ns:
-        name = f"rtnlt-{uuid.uuid4().hex[:8]}"
-        subprocess.run(["ip", "netns", "add", name], check=True)
-        fd = netns.open_netns(f"/var/run/netns/{name}")
-        ns = Ns(name, fd, Rtnl(netns.netlink_socket_in(fd)), IPRoute(netns=name))
+        ns = open_ns("rtnlt")
         made.append(ns)
         return ns
 
@@ -427,22 +390,13 @@ def make_ns() -> Iterator[Any]:
         yield make
     finally:
         for ns in made:
-            ns.rt.close()
-            ns.pyr.close()
-            os.close(ns.fd)
-            subprocess.run(["ip", "netns", "del", ns.name], check=False)
+            ns.close()
 
 
 @pytest.fixture
 def ns(make_ns: Any) -> Ns:
     made: Ns = make_ns()
     return made
-
-
-def _index(ns: Ns, name: str) -> int:
-    found = ns.pyr.link_lookup(ifname=name)
-    assert found, name
-    return int(found[0])
 
 
 def _kind(msg: Any) -> str | None:
@@ -509,7 +463,7 @@ def test_vlan_filtering_and_port_vlans(ns: Ns) -> None:
     VLANs. Where the kernel has it, the same requests must take effect."""
     supported = _kernel_has_vlan_filtering(ns)
     ns.pyr.link("add", ifname="vp0", kind="veth", peer={"ifname": "vp1"})
-    port = _index(ns, "vp0")
+    port = ns.index("vp0")
     if not supported:
         with pytest.raises(NetlinkError) as err:
             ns.rt.call(rtnl.link_add_bridge("br-v", mac=MAC_A, vlan_filtering=True))
@@ -555,7 +509,7 @@ def test_veth_with_peer_in_another_netns(make_ns: Any) -> None:
         peer_mac=MAC_B,
     )
     assert veth.kind == "veth" and veth.mtu == 1420 and veth.name == "loxi-t0"
-    peer = pod.link(_index(pod, "eth0"))
+    peer = pod.link(pod.index("eth0"))
     assert peer.get("IFLA_MTU") == 1420 and peer.get("IFLA_ADDRESS") == MAC_B
     assert _kind(peer) == "veth"
     assert veth.peer == peer["index"]  # IFLA_LINK: the peer's index in its netns
@@ -580,7 +534,7 @@ def test_veth_with_peer_in_another_netns(make_ns: Any) -> None:
 def test_set_master_alias_up_mtu_group_promisc_hairpin(ns: Ns) -> None:
     bridge, _ = links.ensure_bridge(ns.rt, "br-s", mtu=0, promisc=False, vlan_filtering=False)
     ns.pyr.link("add", ifname="sp0", kind="veth", peer={"ifname": "sp1"})
-    port = _index(ns, "sp0")
+    port = ns.index("sp0")
     links.attach_port(ns.rt, port, bridge.index, alias="loxi/n/c/eth0", hairpin=True)
     msg = ns.link(port)
     assert msg.get("IFLA_MASTER") == bridge.index
@@ -596,7 +550,7 @@ def test_set_master_alias_up_mtu_group_promisc_hairpin(ns: Ns) -> None:
     assert msg.get("IFLA_MTU") == 1300 and msg.get("IFLA_GROUP") == 77
     link = links.get_by_index(ns.rt, port)
     assert link is not None and link.master == bridge.index and link.alias == "loxi/n/c/eth0"
-    assert link.promisc and not link.up and link.mtu == 1300 and link.peer == _index(ns, "sp1")
+    assert link.promisc and not link.up and link.mtu == 1300 and link.peer == ns.index("sp1")
     with pytest.raises(NetlinkError) as err:
         ns.rt.call(rtnl.link_set(4242, up=True))
     assert err.value.errno == errno.ENODEV
@@ -605,7 +559,7 @@ def test_set_master_alias_up_mtu_group_promisc_hairpin(ns: Ns) -> None:
 def test_delete_by_index_and_by_group(ns: Ns) -> None:
     for i in range(3):
         ns.pyr.link("add", ifname=f"dg{i}", kind="veth", peer={"ifname": f"dg{i}p"})
-    indexes = [_index(ns, f"dg{i}") for i in range(3)]
+    indexes = [ns.index(f"dg{i}") for i in range(3)]
     assert links.delete(ns.rt, indexes[0])
     assert not links.delete(ns.rt, indexes[0])  # already gone
     with pytest.raises(NetlinkError) as err:
@@ -624,7 +578,7 @@ def test_delete_by_index_and_by_group(ns: Ns) -> None:
 
 def test_addresses(ns: Ns) -> None:
     ns.pyr.link("add", ifname="ad0", kind="veth", peer={"ifname": "ad1"})
-    a, b = _index(ns, "ad0"), _index(ns, "ad1")
+    a, b = ns.index("ad0"), ns.index("ad1")
     v4 = ipaddress.ip_interface("10.77.0.2/24")
     v6 = ipaddress.ip_interface("fd00:77::2/64")
     assert ipconf.add_address(ns.rt, a, v4, dad=False)
@@ -659,7 +613,7 @@ def test_addresses(ns: Ns) -> None:
 
 def test_routes(ns: Ns) -> None:
     ns.pyr.link("add", ifname="rt0", kind="veth", peer={"ifname": "rt1"})
-    a, b = _index(ns, "rt0"), _index(ns, "rt1")
+    a, b = ns.index("rt0"), ns.index("rt1")
     for index in (a, b):
         links.set_up(ns.rt, index)
     ipconf.add_address(ns.rt, a, ipaddress.ip_interface("10.66.0.2/24"), dad=False)
@@ -679,7 +633,7 @@ def test_routes(ns: Ns) -> None:
     ipconf.add_route(ns.rt, b, Route(dst=ipaddress.ip_network("10.52.0.0/16")))
     ipconf.add_route(ns.rt, a, Route(dst=ipaddress.ip_network("10.53.0.0/16"), table=1000))
     with pytest.raises(NetlinkError) as err:
-        ns.rt.call(rtnl.route_add(2, _packed("10.51.0.0"), 16, oif=a, scope=253))
+        ns.rt.call(rtnl.route_add(2, packed("10.51.0.0"), 16, oif=a, scope=253))
     assert err.value.errno == errno.EEXIST
 
     def dumped(family: int, dst: str, table: int = 254) -> Any:

@@ -10,48 +10,26 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import os
 import subprocess
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from pyroute2 import IPRoute
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.ndmsg import ndmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
-from loxicni.net import netns, rtnl, underlay, vxlan
+from loxicni.net import rtnl, underlay, vxlan
 from loxicni.net.errors import OverlayError
 from loxicni.net.rtnl import NetlinkError, Rtnl
+
+from .encoding import ACK, CREATE, DUMP, packed, pyroute2_bytes
+from .own_netns import Ns, open_ns
 
 MAC_A = "02:00:5e:00:53:01"
 MAC_B = "02:00:5e:00:53:02"
 PROTO = 76
-ACK = rtnl.NLM_F_ACK
-CREATE = rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL | rtnl.NLM_F_ACK
 SET = rtnl.NLM_F_CREATE | rtnl.NLM_F_REPLACE | rtnl.NLM_F_ACK
-DUMP = rtnl.NLM_F_DUMP
-
-
-def _packed(ip: str) -> bytes:
-    return ipaddress.ip_address(ip).packed
-
-
-def _oracle(cls: Any, msg_type: int, flags: int, fields: dict[str, int], attrs: list[Any]) -> bytes:
-    """pyroute2's encoding of one message (header with NLM_F_REQUEST, fields, attributes)."""
-    msg = cls()
-    msg["header"]["type"] = msg_type
-    msg["header"]["flags"] = flags | rtnl.NLM_F_REQUEST
-    msg["header"]["sequence_number"] = 7
-    msg["header"]["pid"] = 0
-    for key, value in fields.items():
-        msg[key] = value
-    msg["attrs"] = attrs
-    msg.encode()
-    return bytes(msg.data)
 
 
 def _vxlan_info(*data: tuple[str, Any]) -> tuple[str, Any]:
@@ -62,7 +40,7 @@ def _vxlan_info(*data: tuple[str, Any]) -> tuple[str, Any]:
 
 
 def _route(flags: int, fields: dict[str, int], attrs: list[Any], msg_type: int = 24) -> bytes:
-    return _oracle(rtmsg, msg_type, flags, fields, attrs)
+    return pyroute2_bytes(rtmsg, msg_type, flags, fields, attrs)
 
 
 ENCODINGS: list[tuple[str, rtnl.Request, bytes]] = [
@@ -72,12 +50,12 @@ ENCODINGS: list[tuple[str, rtnl.Request, bytes]] = [
             "loxi-vxlan4",
             vni=1,
             port=8472,
-            local=_packed("192.0.2.1"),
+            local=packed("192.0.2.1"),
             underlay=3,
             mac=MAC_A,
             mtu=1450,
         ),
-        _oracle(
+        pyroute2_bytes(
             ifinfmsg,
             rtnl.RTM_NEWLINK,
             CREATE,
@@ -102,13 +80,13 @@ ENCODINGS: list[tuple[str, rtnl.Request, bytes]] = [
             "vx6",
             vni=0xABCDEF,
             port=4789,
-            local=_packed("2001:db8::1"),
+            local=packed("2001:db8::1"),
             underlay=9,
             mac=MAC_B,
             mtu=1430,
             up=False,
         ),
-        _oracle(
+        pyroute2_bytes(
             ifinfmsg,
             rtnl.RTM_NEWLINK,
             CREATE,
@@ -130,12 +108,12 @@ ENCODINGS: list[tuple[str, rtnl.Request, bytes]] = [
     (
         "link MAC",
         rtnl.link_set_address(5, MAC_B),
-        _oracle(ifinfmsg, rtnl.RTM_SETLINK, ACK, {"index": 5}, [("IFLA_ADDRESS", MAC_B)]),
+        pyroute2_bytes(ifinfmsg, rtnl.RTM_SETLINK, ACK, {"index": 5}, [("IFLA_ADDRESS", MAC_B)]),
     ),
     (
         "neighbour set, IPv4",
-        rtnl.neigh_set(rtnl.AF_INET, 5, _packed("10.244.2.0"), MAC_A),
-        _oracle(
+        rtnl.neigh_set(rtnl.AF_INET, 5, packed("10.244.2.0"), MAC_A),
+        pyroute2_bytes(
             ndmsg,
             rtnl.RTM_NEWNEIGH,
             SET,
@@ -145,8 +123,8 @@ ENCODINGS: list[tuple[str, rtnl.Request, bytes]] = [
     ),
     (
         "neighbour set, IPv6",
-        rtnl.neigh_set(rtnl.AF_INET6, 6, _packed("fd00:244:2::"), MAC_B),
-        _oracle(
+        rtnl.neigh_set(rtnl.AF_INET6, 6, packed("fd00:244:2::"), MAC_B),
+        pyroute2_bytes(
             ndmsg,
             rtnl.RTM_NEWNEIGH,
             SET,
@@ -156,8 +134,8 @@ ENCODINGS: list[tuple[str, rtnl.Request, bytes]] = [
     ),
     (
         "neighbour del",
-        rtnl.neigh_del(rtnl.AF_INET, 5, _packed("10.244.2.0")),
-        _oracle(
+        rtnl.neigh_del(rtnl.AF_INET, 5, packed("10.244.2.0")),
+        pyroute2_bytes(
             ndmsg,
             rtnl.RTM_DELNEIGH,
             ACK,
@@ -168,12 +146,14 @@ ENCODINGS: list[tuple[str, rtnl.Request, bytes]] = [
     (
         "neighbour dump of one link",
         rtnl.neigh_dump(rtnl.AF_INET6, 5),
-        _oracle(ndmsg, rtnl.RTM_GETNEIGH, DUMP, {"family": rtnl.AF_INET6}, [("NDA_IFINDEX", 5)]),
+        pyroute2_bytes(
+            ndmsg, rtnl.RTM_GETNEIGH, DUMP, {"family": rtnl.AF_INET6}, [("NDA_IFINDEX", 5)]
+        ),
     ),
     (
         "fdb set",
-        rtnl.fdb_set(5, MAC_A, _packed("192.0.2.2")),
-        _oracle(
+        rtnl.fdb_set(5, MAC_A, packed("192.0.2.2")),
+        pyroute2_bytes(
             ndmsg,
             rtnl.RTM_NEWNEIGH,
             SET,
@@ -188,8 +168,8 @@ ENCODINGS: list[tuple[str, rtnl.Request, bytes]] = [
     ),
     (
         "fdb set, IPv6 remote",
-        rtnl.fdb_set(6, MAC_B, _packed("2001:db8::2")),
-        _oracle(
+        rtnl.fdb_set(6, MAC_B, packed("2001:db8::2")),
+        pyroute2_bytes(
             ndmsg,
             rtnl.RTM_NEWNEIGH,
             SET,
@@ -205,7 +185,7 @@ ENCODINGS: list[tuple[str, rtnl.Request, bytes]] = [
     (
         "fdb del",
         rtnl.fdb_del(5, MAC_A),
-        _oracle(
+        pyroute2_bytes(
             ndmsg,
             rtnl.RTM_DELNEIGH,
             ACK,
@@ -216,15 +196,17 @@ ENCODINGS: list[tuple[str, rtnl.Request, bytes]] = [
     (
         "fdb dump of one link",
         rtnl.fdb_dump(5),
-        _oracle(ndmsg, rtnl.RTM_GETNEIGH, DUMP, {"family": rtnl.AF_BRIDGE, "ifindex": 5}, []),
+        pyroute2_bytes(
+            ndmsg, rtnl.RTM_GETNEIGH, DUMP, {"family": rtnl.AF_BRIDGE, "ifindex": 5}, []
+        ),
     ),
     (
         "route add, direct",
         rtnl.route_set(
             rtnl.AF_INET,
-            _packed("10.244.2.0"),
+            packed("10.244.2.0"),
             24,
-            gateway=_packed("192.0.2.2"),
+            gateway=packed("192.0.2.2"),
             oif=3,
             protocol=PROTO,
         ),
@@ -243,9 +225,9 @@ ENCODINGS: list[tuple[str, rtnl.Request, bytes]] = [
         "route replace, onlink, IPv6, table >= 256",
         rtnl.route_set(
             rtnl.AF_INET6,
-            _packed("fd00:244:2::"),
+            packed("fd00:244:2::"),
             64,
-            gateway=_packed("fd00:244:2::"),
+            gateway=packed("fd00:244:2::"),
             oif=6,
             protocol=PROTO,
             onlink=True,
@@ -272,7 +254,7 @@ ENCODINGS: list[tuple[str, rtnl.Request, bytes]] = [
     ),
     (
         "route del of our protocol",
-        rtnl.route_del(rtnl.AF_INET, _packed("10.244.2.0"), 24, protocol=PROTO),
+        rtnl.route_del(rtnl.AF_INET, packed("10.244.2.0"), 24, protocol=PROTO),
         _route(
             ACK,
             {"family": 2, "dst_len": 24, "table": 254, "proto": PROTO, "scope": 255},
@@ -282,7 +264,7 @@ ENCODINGS: list[tuple[str, rtnl.Request, bytes]] = [
     ),
     (
         "route del with a metric",
-        rtnl.route_del(rtnl.AF_INET6, _packed("fd00::"), 48, protocol=PROTO, priority=1024),
+        rtnl.route_del(rtnl.AF_INET6, packed("fd00::"), 48, protocol=PROTO, priority=1024),
         _route(
             ACK,
             {"family": 10, "dst_len": 48, "table": 254, "proto": PROTO, "scope": 255},
@@ -302,7 +284,7 @@ ENCODINGS: list[tuple[str, rtnl.Request, bytes]] = [
     ),
     (
         "route get",
-        rtnl.route_get(_packed("2001:db8::9")),
+        rtnl.route_get(packed("2001:db8::9")),
         _route(0, {"family": 10, "dst_len": 128}, [("RTA_DST", "2001:db8::9")], msg_type=26),
     ),
 ]
@@ -327,31 +309,10 @@ def test_batch_refuses_dumps_and_unacked_requests() -> None:
 # ------------------------------------------------------------------- against the kernel
 
 
-@dataclass
-class Ns:
-    name: str
-    fd: int
-    rt: Rtnl
-    pyr: IPRoute
-
-    def index(self, name: str) -> int:
-        found = self.pyr.link_lookup(ifname=name)
-        assert found, name
-        return int(found[0])
-
-    def ip(self, *args: str) -> str:
-        return subprocess.run(
-            ["ip", "-n", self.name, *args], capture_output=True, text=True, check=True
-        ).stdout
-
-
 @pytest.fixture
 def ns() -> Iterator[Ns]:
     """A netns with a veth pair ``u0``/``u1`` up, 192.0.2.1/24 and 2001:db8::1/64 on u0."""
-    name = f"ovlr-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    fd = netns.open_netns(f"/var/run/netns/{name}")
-    made = Ns(name, fd, Rtnl(netns.netlink_socket_in(fd)), IPRoute(netns=name))
+    made = open_ns("ovlr")
     try:
         script = (
             "link set lo up\n"
@@ -360,13 +321,10 @@ def ns() -> Iterator[Ns]:
             "addr add 192.0.2.1/24 dev u0\n"
             "addr add 2001:db8::1/64 dev u0 nodad\n"
         )
-        subprocess.run(["ip", "-n", name, "-batch", "-"], input=script.encode(), check=True)
+        subprocess.run(["ip", "-n", made.name, "-batch", "-"], input=script.encode(), check=True)
         yield made
     finally:
-        made.rt.close()
-        made.pyr.close()
-        os.close(fd)
-        subprocess.run(["ip", "netns", "del", name], check=False)
+        made.close()
 
 
 def _vxlan_data(ns: Ns, index: int) -> Any:
@@ -379,7 +337,7 @@ def test_vxlan_link_create_and_inspect(ns: Ns) -> None:
     u0 = ns.index("u0")
     ns.rt.call(
         rtnl.link_add_vxlan(
-            "vxt4", vni=42, port=8472, local=_packed("192.0.2.1"), underlay=u0, mac=MAC_A, mtu=1450
+            "vxt4", vni=42, port=8472, local=packed("192.0.2.1"), underlay=u0, mac=MAC_A, mtu=1450
         )
     )
     ns.rt.call(
@@ -387,7 +345,7 @@ def test_vxlan_link_create_and_inspect(ns: Ns) -> None:
             "vxt6",
             vni=42,
             port=8472,
-            local=_packed("2001:db8::1"),
+            local=packed("2001:db8::1"),
             underlay=u0,
             mac=MAC_B,
             mtu=1430,
@@ -420,7 +378,7 @@ def test_vxlan_link_create_and_inspect(ns: Ns) -> None:
     with pytest.raises(NetlinkError) as err:
         ns.rt.call(
             rtnl.link_add_vxlan(
-                "vxt4", vni=1, port=1, local=_packed("192.0.2.1"), underlay=u0, mac=MAC_A, mtu=1400
+                "vxt4", vni=1, port=1, local=packed("192.0.2.1"), underlay=u0, mac=MAC_A, mtu=1400
             )
         )
     assert err.value.errno == errno.EEXIST
@@ -434,7 +392,7 @@ def _vx(ns: Ns, name: str = "vxt", local: str = "192.0.2.1") -> int:
             name,
             vni=1,
             port=8472,
-            local=_packed(local),
+            local=packed(local),
             underlay=ns.index("u0"),
             mac=MAC_A,
             mtu=1430,
@@ -454,10 +412,10 @@ def test_neighbours(ns: Ns) -> None:
     from loxicni.net import neighbours
 
     dev = _vx(ns)
-    ns.rt.call(rtnl.neigh_set(rtnl.AF_INET, dev, _packed("10.244.2.0"), MAC_A))
-    ns.rt.call(rtnl.neigh_set(rtnl.AF_INET, dev, _packed("10.244.3.0"), MAC_A))
-    ns.rt.call(rtnl.neigh_set(rtnl.AF_INET, dev, _packed("10.244.3.0"), MAC_B))  # replaced
-    ns.rt.call(rtnl.neigh_set(rtnl.AF_INET6, dev, _packed("fd00:244:2::"), MAC_B))
+    ns.rt.call(rtnl.neigh_set(rtnl.AF_INET, dev, packed("10.244.2.0"), MAC_A))
+    ns.rt.call(rtnl.neigh_set(rtnl.AF_INET, dev, packed("10.244.3.0"), MAC_A))
+    ns.rt.call(rtnl.neigh_set(rtnl.AF_INET, dev, packed("10.244.3.0"), MAC_B))  # replaced
+    ns.rt.call(rtnl.neigh_set(rtnl.AF_INET6, dev, packed("fd00:244:2::"), MAC_B))
     # another link's entry and a non-permanent one: never reported as ours
     ns.ip("neigh", "add", "192.0.2.9", "lladdr", MAC_A, "dev", "u0", "nud", "permanent")
     ns.ip("neigh", "add", "10.244.9.0", "lladdr", MAC_A, "dev", "vxt", "nud", "stale")
@@ -468,10 +426,10 @@ def test_neighbours(ns: Ns) -> None:
     mine = neighbours.permanent(ns.rt, dev, 4)
     assert {str(ip): mac for ip, mac in mine.items()} == {"10.244.2.0": MAC_A, "10.244.3.0": MAC_B}
     assert {str(ip) for ip in neighbours.permanent(ns.rt, dev, 6)} == {"fd00:244:2::"}
-    ns.rt.call(rtnl.neigh_del(rtnl.AF_INET, dev, _packed("10.244.2.0")))
+    ns.rt.call(rtnl.neigh_del(rtnl.AF_INET, dev, packed("10.244.2.0")))
     assert "10.244.2.0" not in _neighbours(ns, dev, rtnl.AF_INET)
     with pytest.raises(NetlinkError) as err:
-        ns.rt.call(rtnl.neigh_del(rtnl.AF_INET, dev, _packed("10.244.2.0")))
+        ns.rt.call(rtnl.neigh_del(rtnl.AF_INET, dev, packed("10.244.2.0")))
     assert err.value.errno == errno.ENOENT
 
 
@@ -488,10 +446,10 @@ def test_fdb(ns: Ns) -> None:
 
     dev = _vx(ns)
     dev6 = _vx(ns, "vxt6", "2001:db8::1")
-    ns.rt.call(rtnl.fdb_set(dev, MAC_A, _packed("192.0.2.2")))
-    ns.rt.call(rtnl.fdb_set(dev, MAC_B, _packed("192.0.2.3")))
-    ns.rt.call(rtnl.fdb_set(dev, MAC_B, _packed("192.0.2.4")))  # replaced
-    ns.rt.call(rtnl.fdb_set(dev6, MAC_A, _packed("2001:db8::2")))
+    ns.rt.call(rtnl.fdb_set(dev, MAC_A, packed("192.0.2.2")))
+    ns.rt.call(rtnl.fdb_set(dev, MAC_B, packed("192.0.2.3")))
+    ns.rt.call(rtnl.fdb_set(dev, MAC_B, packed("192.0.2.4")))  # replaced
+    ns.rt.call(rtnl.fdb_set(dev6, MAC_A, packed("2001:db8::2")))
     assert _fdb(ns, dev) == {MAC_A: ["192.0.2.2"], MAC_B: ["192.0.2.4"]}
     assert _fdb(ns, dev6) == {MAC_A: ["2001:db8::2"]}
     fdb_text = subprocess.run(
@@ -521,19 +479,19 @@ def _routes(ns: Ns, family: int) -> dict[str, Any]:
 def test_marked_routes(ns: Ns) -> None:
     u0 = ns.index("u0")
     dev = _vx(ns)
-    gw, vtep = _packed("192.0.2.2"), _packed("10.244.2.0")
-    ns.rt.call(rtnl.route_set(2, _packed("10.244.1.0"), 24, gateway=gw, oif=u0, protocol=PROTO))
+    gw, vtep = packed("192.0.2.2"), packed("10.244.2.0")
+    ns.rt.call(rtnl.route_set(2, packed("10.244.1.0"), 24, gateway=gw, oif=u0, protocol=PROTO))
     ns.rt.call(
         rtnl.route_set(
-            2, _packed("10.244.2.0"), 24, gateway=vtep, oif=dev, protocol=PROTO, onlink=True
+            2, packed("10.244.2.0"), 24, gateway=vtep, oif=dev, protocol=PROTO, onlink=True
         )
     )
     ns.rt.call(
         rtnl.route_set(
             10,
-            _packed("fd00:244:2::"),
+            packed("fd00:244:2::"),
             64,
-            gateway=_packed("fd00:244:2::"),
+            gateway=packed("fd00:244:2::"),
             oif=dev,
             protocol=PROTO,
             onlink=True,
@@ -542,7 +500,7 @@ def test_marked_routes(ns: Ns) -> None:
     # a foreign route (static) to a destination of ours would be a conflict: EEXIST
     ns.ip("route", "add", "10.244.9.0/24", "via", "192.0.2.9", "proto", "static")
     with pytest.raises(NetlinkError) as err:
-        ns.rt.call(rtnl.route_set(2, _packed("10.244.9.0"), 24, gateway=gw, oif=u0, protocol=PROTO))
+        ns.rt.call(rtnl.route_set(2, packed("10.244.9.0"), 24, gateway=gw, oif=u0, protocol=PROTO))
     assert err.value.errno == errno.EEXIST
     seen = _routes(ns, rtnl.AF_INET)
     direct, tunnelled = seen["10.244.1.0/24"], seen["10.244.2.0/24"]
@@ -567,7 +525,7 @@ def test_marked_routes(ns: Ns) -> None:
     # replace moves the route from vxlan to direct: same key, in place
     ns.rt.call(
         rtnl.route_set(
-            2, _packed("10.244.2.0"), 24, gateway=gw, oif=u0, protocol=PROTO, replace=True
+            2, packed("10.244.2.0"), 24, gateway=gw, oif=u0, protocol=PROTO, replace=True
         )
     )
     moved = _routes(ns, rtnl.AF_INET)["10.244.2.0/24"]
@@ -575,11 +533,11 @@ def test_marked_routes(ns: Ns) -> None:
     assert not moved["flags"] & rtnl.RTNH_F_ONLINK
 
     # delete by protocol: ours goes, a foreign one is refused (ESRCH) and stays
-    ns.rt.call(rtnl.route_del(2, _packed("10.244.2.0"), 24, protocol=PROTO))
+    ns.rt.call(rtnl.route_del(2, packed("10.244.2.0"), 24, protocol=PROTO))
     with pytest.raises(NetlinkError) as err:
-        ns.rt.call(rtnl.route_del(2, _packed("10.244.9.0"), 24, protocol=PROTO))
+        ns.rt.call(rtnl.route_del(2, packed("10.244.9.0"), 24, protocol=PROTO))
     assert err.value.errno == errno.ESRCH
-    ns.rt.call(rtnl.route_del(10, _packed("fd00:244:2::"), 64, protocol=PROTO, priority=1024))
+    ns.rt.call(rtnl.route_del(10, packed("fd00:244:2::"), 64, protocol=PROTO, priority=1024))
     assert set(_routes(ns, rtnl.AF_INET)) >= {"10.244.1.0/24", "10.244.9.0/24"}
     assert "10.244.2.0/24" not in _routes(ns, rtnl.AF_INET)
     assert "fd00:244:2::/64" not in _routes(ns, rtnl.AF_INET6)
@@ -587,10 +545,10 @@ def test_marked_routes(ns: Ns) -> None:
 
 def test_route_get_and_underlay(ns: Ns) -> None:
     u0 = ns.index("u0")
-    (answer,) = ns.rt.call(rtnl.route_get(_packed("192.0.2.7")))
+    (answer,) = ns.rt.call(rtnl.route_get(packed("192.0.2.7")))
     msg = rtnl.parse_route_msg(answer)
     assert rtnl.u32(msg.attrs[rtnl.RTA_OIF]) == u0
-    assert msg.attrs[rtnl.RTA_PREFSRC] == _packed("192.0.2.1")
+    assert msg.attrs[rtnl.RTA_PREFSRC] == packed("192.0.2.1")
     # the interface holding the node IP, with its connected networks
     found = underlay.find(ns.rt, ipaddress.ip_address("192.0.2.1"))
     assert (found.index, found.name, found.mtu) == (u0, "u0", 1500)
@@ -610,19 +568,18 @@ def test_route_get_and_underlay(ns: Ns) -> None:
 def test_batch_pipelines_and_reports_each_outcome(ns: Ns) -> None:
     dev = _vx(ns)
     requests = [
-        rtnl.neigh_set(rtnl.AF_INET, dev, _packed(f"10.{i // 250}.{i % 250}.1"), MAC_A)
+        rtnl.neigh_set(rtnl.AF_INET, dev, packed(f"10.{i // 250}.{i % 250}.1"), MAC_A)
         for i in range(1000)
     ]
     requests.insert(10, rtnl.link_del(4242))  # refused: ENODEV, and the rest goes on
-    requests.insert(500, rtnl.neigh_del(rtnl.AF_INET, dev, _packed("10.99.0.1")))  # ENOENT
+    requests.insert(500, rtnl.neigh_del(rtnl.AF_INET, dev, packed("10.99.0.1")))  # ENOENT
     results = ns.rt.batch(requests, window=100)
     errors = {i: e.errno for i, e in enumerate(results) if e is not None}
     assert errors == {10: errno.ENODEV, 500: errno.ENOENT}
     assert len(_neighbours(ns, dev, rtnl.AF_INET)) == 1000
     # a window too large for the receive buffer loses acks: reported, never a hang
     deletes = [
-        rtnl.neigh_del(rtnl.AF_INET, dev, _packed(f"10.{i // 250}.{i % 250}.1"))
-        for i in range(1000)
+        rtnl.neigh_del(rtnl.AF_INET, dev, packed(f"10.{i // 250}.{i % 250}.1")) for i in range(1000)
     ]
     with pytest.raises(NetlinkError) as err:
         ns.rt.batch(deletes, window=1000)

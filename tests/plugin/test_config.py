@@ -12,6 +12,7 @@ from loxicni.cni.errors import CniError, Code
 from loxicni.cni.names import ifname_problem
 from loxicni.plugin import naming
 from loxicni.plugin.config import parse_config
+from tests.support.confs import design_notes_conf
 
 
 def conf(**fields: Any) -> dict[str, Any]:
@@ -38,28 +39,7 @@ def test_defaults() -> None:
 
 
 def test_design_notes_config() -> None:
-    cfg = parse_config(
-        {
-            "cniVersion": "0.2.0",
-            "name": "loxilight_cni",
-            "type": "loxi-cni",
-            "bridge": "hsvlan100",
-            "isGateway": True,
-            "isDefaultGateway": False,
-            "mtu": 1500,
-            "hairpinMode": False,
-            "promiscMode": False,
-            "vlanID": 100,
-            "ipam": {
-                "type": "host-local",
-                "subnet": "10.244.1.0/24",
-                "routes": [{"dst": "10.0.0.0/8"}],
-            },
-        },
-        "0.2.0",
-        {},
-        None,
-    )
+    cfg = parse_config(design_notes_conf(), "0.2.0", {}, None)
     assert (cfg.bridge, cfg.vlan, cfg.mtu, cfg.is_gateway) == ("hsvlan100", 100, 1500, True)
 
 
@@ -116,6 +96,14 @@ BAD = [
     {"ipam": {"type": ""}},
     {"ipam": []},
     {"enabledad": "no"},
+    # A trailing newline is not part of a name ("$" would have let it through).
+    {"name": "net1\n"},
+    {"vethPrefix": "loxi\n"},
+    {"mac": "02:00:00:00:00:01\n"},
+    # 15 characters but 17 bytes: the kernel counts bytes.
+    {"bridge": "brücke-dörfer-1"},
+    # A lone surrogate (a JSON "\\udcff" escape) is no name the kernel or a result can hold.
+    {"bridge": "br\udcff"},
 ]
 
 

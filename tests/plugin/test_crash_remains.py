@@ -68,7 +68,7 @@ def test_a_save_killed_mid_write_leaves_nothing_after_the_record_is_removed(dirs
     record = _record()
     _save_killed_before_rename(dirs, record)
     attachments = dirs / "state" / "attachments"
-    assert [p.name for p in attachments.iterdir()] == [f".{record.key}.json.tmp"]
+    assert [p.name for p in attachments.iterdir()] == [f".{record.key}.json.locked.tmp"]
     assert records.load(record.key) is None and list(records.keys()) == []
     records.remove(record.network, record.container_id, record.ifname)
     assert list(attachments.iterdir()) == []

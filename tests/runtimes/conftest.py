@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.plugin import PLUGIN
+
 from . import oci
-from .helpers import CNITOOL, CRICTL, LOOPBACK, PLUGIN, Network, new_network
+from .helpers import CNITOOL, CRICTL, LOOPBACK, Network, new_network
 from .runtimes import Containerd, Podman
 
 NEEDED = ("containerd", "ctr", "runc", "podman", "conmon", "gcc", "unshare", "ip", "ping")

@@ -1,28 +1,29 @@
-"""What a user checks on the host around a runtime: commands, links, netns, IPAM files.
+"""What a user checks on the host around a runtime: processes, mounts, netns, IPAM files.
 
 Every command and every wait here is bounded, so a stuck runtime fails a test instead of
-hanging CI.
+hanging CI (tests.support holds the shared ones: sh, wait_for, stop_process, links).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import ipaddress
 import json
 import os
 import random
 import shutil
-import signal
 import subprocess
-import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-PLUGIN = os.environ.get("LOXI_CNI_BIN", "/opt/cni/bin/loxi-cni")
+from tests.support.host import delete_links, links, unrouted
+from tests.support.ipam import reservation_files
+from tests.support.plugin import PLUGIN
+from tests.support.processes import sh
+
 # The plugin's own state (runtimes pass their environment on, so the plugin sees these too).
 RUN_DIR = Path(os.environ.get("LOXI_CNI_RUN_DIR", "/run/loxi-cni"))
 STATE_DIR = Path(os.environ.get("LOXI_CNI_STATE_DIR", "/var/lib/loxi-cni"))
@@ -34,69 +35,7 @@ LOOPBACK = Path("/usr/lib/cni/loopback")  # Debian containernetworking-plugins; 
 # containerd 1.6 and podman 4.3 link libcni 1.1.2, which knows results up to 1.0.0 only: a
 # 1.1.0 conflist makes them fail with 'unsupported CNI result version "1.1.0"' after the ADD.
 LEGACY_CNI_VERSION = "1.0.0"
-# Subnets of other suites: never use them here.
-TAKEN_SUBNETS = {ipaddress.ip_network("10.99.0.0/24"), ipaddress.ip_network("10.244.1.0/24")}
 _handed_out: set[int] = set()
-
-T = TypeVar("T")
-
-
-class CommandError(AssertionError):
-    """A command failed: the message carries everything needed to see why."""
-
-
-def sh(
-    cmd: Sequence[str | Path],
-    *,
-    timeout: float = 60,
-    check: bool = True,
-    env: Mapping[str, str] | None = None,
-    input: str | None = None,
-) -> subprocess.CompletedProcess[str]:
-    """Run ``cmd`` to completion within ``timeout`` seconds; on failure say what it printed."""
-    argv = [str(c) for c in cmd]
-    try:
-        proc = subprocess.run(
-            argv,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=dict(env) if env is not None else None,
-            input=input,
-            stdin=None if input is not None else subprocess.DEVNULL,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise CommandError(
-            f"timed out after {timeout}s: {argv}\n{exc.stdout!r}\n{exc.stderr!r}"
-        ) from None
-    if check and proc.returncode != 0:
-        raise CommandError(
-            f"exit {proc.returncode}: {argv}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
-        )
-    return proc
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 30) -> T:
-    """Poll ``probe`` until it returns something truthy; fail naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
-
-
-def stop_process(proc: subprocess.Popen[Any], grace: float = 15) -> None:
-    """SIGTERM, then SIGKILL after ``grace`` seconds: our own child, by its pid only."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 def pids_with_arg(arg: str) -> list[int]:
@@ -131,17 +70,6 @@ def remove_tree(root: Path) -> None:
     shutil.rmtree(root, ignore_errors=True)
 
 
-def remove_cgroup(parent: str) -> None:
-    """rmdir the (by then empty) cgroup ``parent`` a runtime made in every hierarchy."""
-    for hierarchy in Path("/sys/fs/cgroup").iterdir():
-        top = hierarchy / parent.strip("/")
-        if not top.is_dir():
-            continue
-        for dirpath, _dirs, _files in sorted(os.walk(top), key=lambda t: -len(t[0])):
-            with contextlib.suppress(OSError):
-                os.rmdir(dirpath)
-
-
 def in_private_mounts(binds: Mapping[Path, str], cmd: Sequence[str | Path]) -> list[str]:
     """``cmd`` run in a private mount namespace with ``binds`` (source -> host path) mounted.
 
@@ -161,12 +89,6 @@ def in_private_mounts(binds: Mapping[Path, str], cmd: Sequence[str | Path]) -> l
 
 
 # ------------------------------------------------------------------------------ the host
-
-
-def links() -> list[dict[str, Any]]:
-    """``ip -d -j link``: every link of the host netns."""
-    result: list[dict[str, Any]] = json.loads(sh(["ip", "-d", "-j", "link", "show"]).stdout)
-    return result
 
 
 def forget_netns(path: str) -> None:
@@ -326,14 +248,8 @@ class Network:
     # ---------------------------------------------------------------- what a user checks
     def reservations(self) -> dict[str, str]:
         """IP -> container ID of the reservation files in the IPAM dataDir."""
-        directory = self.data_dir / self.name
-        if not directory.is_dir():
-            return {}
-        return {
-            p.name: p.read_bytes().decode().split("\r\n")[0].strip()
-            for p in directory.iterdir()
-            if p.is_file() and p.name != "lock" and not p.name.startswith("last_reserved_ip")
-        }
+        files = reservation_files(self.data_dir, self.name)
+        return {ip: text.split("\r\n")[0].strip() for ip, text in files.items()}
 
     def reserved_for(self, container_id: str) -> str | None:
         ips = [ip for ip, owner in self.reservations().items() if owner == container_id]
@@ -383,9 +299,7 @@ class Network:
             conf = {"cniVersion": "1.1.0", "name": self.name, **self.plugin_conf()}
             env = {"PATH": os.environ["PATH"], "CNI_COMMAND": "GC", "CNI_PATH": str(self.bin_dir)}
             sh([PLUGIN], input=json.dumps(conf), env=env, check=False, timeout=60)
-        for name in self.host_veths():
-            subprocess.run(["ip", "link", "del", name], capture_output=True, timeout=30)
-        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True, timeout=30)
+        delete_links(*self.host_veths(), self.bridge)
         for cid in self.checked_ids:  # what a plugin bug left, once the test has reported it
             for path in self.plugin_files(cid):
                 Path(path).unlink(missing_ok=True)
@@ -394,20 +308,13 @@ class Network:
 
 def free_subnet() -> ipaddress.IPv4Network:
     """A 10.98.X.0/24 that no route on the host uses and no other test here was given."""
-    routes = json.loads(sh(["ip", "-j", "-4", "route", "show", "table", "all"]).stdout)
-    used = set(TAKEN_SUBNETS)
-    for route in routes:
-        dst = route.get("dst", "")
-        if dst and dst != "default" and dst[0].isdigit():
-            used.add(ipaddress.ip_network(dst, strict=False))
     candidates = [x for x in range(16, 250) if x not in _handed_out]
     random.shuffle(candidates)
-    for x in candidates:
-        net = ipaddress.IPv4Network(f"10.98.{x}.0/24")
-        if not any(net.overlaps(u) for u in used):
-            _handed_out.add(x)
-            return net
-    raise AssertionError("no free 10.98.X.0/24 subnet on this host")
+    net = unrouted(ipaddress.IPv4Network(f"10.98.{x}.0/24") for x in candidates)
+    if net is None:
+        raise AssertionError("no free 10.98.X.0/24 subnet on this host")
+    _handed_out.add(net.network_address.packed[2])
+    return net
 
 
 def new_network(workdir: Path) -> Network:

@@ -17,18 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .helpers import (
-    CRICTL,
-    Network,
-    forget_netns,
-    in_private_mounts,
-    pids_with_arg,
-    remove_cgroup,
-    remove_tree,
-    sh,
-    stop_process,
-    wait_for,
-)
+from tests.support.host import remove_cgroup
+from tests.support.processes import sh, stop_process
+from tests.support.waiting import wait_for
+
+from .helpers import CRICTL, Network, forget_netns, in_private_mounts, pids_with_arg, remove_tree
 from .oci import Image
 
 CONTAINERD_CONFIG = """\

@@ -20,7 +20,10 @@ from typing import Any
 
 import pytest
 
-from .helpers import CNITOOL, PLUGIN, Network, in_private_mounts, ipv4_of, sh
+from tests.support.plugin import PLUGIN
+from tests.support.processes import sh
+
+from .helpers import CNITOOL, Network, in_private_mounts, ipv4_of
 
 VERSION = "1.1.0"  # libcni v1.3.0 speaks CNI 1.1: GC and STATUS included
 

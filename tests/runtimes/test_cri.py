@@ -14,7 +14,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from .helpers import Network, ipv4_of, links, ping, sh, stop_process, wait_for
+from tests.support.host import links
+from tests.support.processes import sh, stop_process
+from tests.support.waiting import wait_for
+
+from .helpers import Network, ipv4_of, ping
 from .oci import Image
 from .runtimes import Containerd
 

@@ -11,16 +11,11 @@ import subprocess
 import uuid
 from pathlib import Path
 
-from .helpers import (
-    Network,
-    in_private_mounts,
-    ipv4_of,
-    links,
-    ping,
-    sh,
-    stop_process,
-    wait_for,
-)
+from tests.support.host import links
+from tests.support.processes import sh, stop_process
+from tests.support.waiting import wait_for
+
+from .helpers import Network, in_private_mounts, ipv4_of, ping
 from .oci import Image
 from .runtimes import Containerd
 
