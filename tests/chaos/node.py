@@ -243,6 +243,22 @@ class Node:
                     out.setdefault(parts[1], []).append((s["name"], key))
         return out
 
+    def settle(self, timeout: float = 15.0) -> bool:
+        """Until no record says "deleting": a DEL through the agent answers before the kernel
+        has deleted the veth, and the record goes when it has. False if some never did."""
+        deadline = time.monotonic() + timeout
+        while True:
+            states = []
+            for entry in _entries(self.state_dir / RECORD_DIR):
+                if entry.name.endswith(".json") and not _is_temp(entry.name):
+                    with suppress(FileNotFoundError, ValueError):
+                        states.append(json.loads(Path(entry.path).read_bytes()).get("state"))
+            if "deleting" not in states:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+
     def inspect(self) -> Holdings:
         h = Holdings()
         store = self.data_dir / self.network

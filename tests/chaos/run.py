@@ -316,6 +316,7 @@ class Chaos:
             for slot in r.slots:
                 if slot.netns:
                     r.stop_pod(slot, "end")
+        self.node.settle()
         self.record(verify(self.node, []), "after every pod stopped")
         self.agent.stop()
 
@@ -326,6 +327,7 @@ class Chaos:
                 r.settle()
             if not self.agent.wait_up():
                 self.stats.problem(f"checkpoint {name}: the agent did not come up")
+            self.node.settle()  # a record still "deleting" after that counts as a leak
             up = [s.view() for r in self.runtimes for s in r.slots if s.up and not s.gone]
             self.record(verify(self.node, up, self.forgotten), f"checkpoint {name}", len(up))
             if self.forgotten:  # what only a GC can release: the runtime's GC must
