@@ -87,6 +87,7 @@ class Settings:
     checkpoints: int = 3  # besides the final one
     plugin: str = PLUGIN
     in_process: float = 0.3  # share of calls forced in-process
+    gc: float = 0.1  # share of a live pod's steps that are a GC (real runtimes GC rarely)
 
 
 @dataclass
@@ -384,13 +385,14 @@ class Runtime:
             self.start_pod(slot)
         else:
             r = self.rng.random()
+            gc = self.chaos.settings.gc
             if r < 0.35:
                 self.check(slot)
-            elif r < 0.45:
+            elif r < 0.35 + gc:
                 self.gc()
-            elif r < 0.52:
+            elif r < 0.42 + gc:
                 self.repeat_add(slot)
-            elif r < 0.55:
+            elif r < 0.45 + gc:
                 self.forget(slot)
             else:
                 self.stop_pod(slot, "stopped")
@@ -859,6 +861,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runtimes", type=int, default=4)
     p.add_argument("--pods", type=int, default=5, help="pod slots per runtime")
     p.add_argument("--checkpoints", type=int, default=5)
+    p.add_argument("--gc", type=float, default=0.1, help="share of a live pod's steps: GC")
     p.add_argument("--plugin", default=PLUGIN)
     p.add_argument("--keep", action="store_true", help="leave the node for inspection")
     args = p.parse_args(argv)
@@ -869,6 +872,7 @@ def main(argv: list[str] | None = None) -> int:
         pods=args.pods,
         checkpoints=args.checkpoints,
         plugin=args.plugin,
+        gc=args.gc,
     )
     stats = run(settings, keep=args.keep)
     print(report(settings, stats), flush=True)
