@@ -3,23 +3,25 @@
 Runtimes act like kubelet + containerd: each owns a few pod slots and, step by step, starts a
 pod (new netns, ADD; on an error DEL, maybe with an empty CNI_NETNS, and maybe retry), checks it
 (CHECK with the prevResult it kept), repeats an ADD (a retry after a timeout), collects garbage
-(GC with every attachment the runtimes know), or stops it (DEL, perhaps twice, then the netns
-goes). A DEL that fails is retried; code 11 means later. A pod whose netns died under it (a
-fault, a reboot) is DELeted, as the kubelet does with a dead sandbox, and counted as expected.
-Calls go through the agent or in-process (LOXI_CNI_NO_AGENT=1), and through the agent fall
-back in-process while it is down.
+(GC with every attachment the runtimes know), forgets it (a runtime crash: only a GC can
+release it), or stops it (DEL, perhaps twice, then the netns goes). A DEL that fails is
+retried; code 11 means later. A pod whose netns died under it (a fault, a reboot) is DELeted,
+as the kubelet does with a dead sandbox, and counted as expected. Calls go through the agent or
+in-process (LOXI_CNI_NO_AGENT=1), and through the agent fall back in-process while it is down.
 
 One fault at a time, chosen round-robin from a seeded shuffle so every kind occurs:
 SIGKILL of the agent at a random moment, or at an armed step inside ADD/DEL/GC/reconcile
-(loxicni.base.faults), the same for in-process calls, the state tmpfs full (ENOSPC) or
-read-only for a while, an agent restart over records written by a newer version, a pod's netns
-deleted while its ADD or DEL runs, and a reboot (the run dir emptied, every pod netns, the
-bridge and the masquerade elements gone, the state kept, the agent restarted).
+(loxicni.base.faults), the same for in-process calls, the agent frozen past its clients'
+timeout, the state tmpfs full (ENOSPC) or read-only for a while, an agent restart over records
+written by a newer version, a pod's netns deleted while its ADD or DEL runs, and a reboot (the
+run dir emptied, every pod netns, the bridge and the masquerade elements gone, the state kept,
+the agent restarted).
 
 At checkpoints the runtimes pause, DEL their dead pods, and the node is verified against the
 pods they believe are up: each has eth0 with its addresses and reaches its gateway; nothing is
 held (address, index entry, record, lock, veth, bridge port, nft element, temp file) for
-anything else. At the end every pod is stopped and the node must hold nothing.
+anything else; forgotten pods are verified again after a GC. At the end every pod is stopped
+and the node must hold nothing.
 
 The seed fixes every runtime's and the injector's choices; thread timing still varies, so two
 runs of a seed take the same decisions in a different interleaving.
@@ -63,7 +65,7 @@ DEL_ATTEMPTS = 60
 # A DEL may fail while the state fs is full or read-only (5) or its agent dies (11, or the
 # in-process call is killed); anything else is a bug.
 DEL_MAY_FAIL = (5, 11)
-AGENT_STEPS = [s for s in faults.STEPS]
+AGENT_STEPS = list(faults.STEPS)
 PLUGIN_STEPS = [s for s in faults.STEPS if not s.startswith("reconcile")]
 FAULT_KINDS = (
     "agent-kill",
@@ -189,7 +191,8 @@ class Registry:
             self.members.add(cid)
 
     def unregister(self, cid: str) -> None:
-        self.members.discard(cid)
+        with self.lock:
+            self.members.discard(cid)
 
 
 class Gate:
