@@ -53,6 +53,7 @@ def _kube_options(args: argparse.Namespace) -> KubeOptions | None:
         data_root=Path(args.cni_data_root),
         grace_period=args.grace_period,
         resync=args.resync,
+        network_policy=args.network_policy == "on",
         cross_node=args.cross_node,
         vxlan_vni=args.vxlan_vni,
         vxlan_port=args.vxlan_port,
@@ -103,6 +104,8 @@ def _status(args: argparse.Namespace) -> int:
         print(f"addresses in use, {network}: {count}")
     if "crossNode" in info:
         _print_cross_node(info["crossNode"])
+    if "networkPolicy" in info:
+        _print_network_policy(info["networkPolicy"])
     return code
 
 
@@ -130,7 +133,7 @@ def _print_cross_node(cross: dict[str, Any]) -> None:
 def _teardown(args: argparse.Namespace) -> int:
     from loxicni.agent import teardown
     from loxicni.net.errors import OverlayError
-    from loxicni.net.masq import NftError
+    from loxicni.net.nft import NftError
     from loxicni.net.overlay import OverlayConfig
 
     default = OverlayConfig(device4=f"{args.vxlan_device}4", device6=f"{args.vxlan_device}6")
@@ -147,11 +150,39 @@ def _teardown(args: argparse.Namespace) -> int:
     print(f"vxlan devices removed: {', '.join(report.devices) or 'none'}")
     print(f"cluster networks unexempted: {report.cluster_networks}")
     print(f"masquerade table removed: {'yes' if report.masquerade_table else 'no'}")
+    print(f"network policy table removed: {'yes' if report.policy_table else 'no'}")
     print(f"CNI config removed: {report.conf or 'none'}")
     print(f"bridges removed: {', '.join(report.bridges) or 'none'}")
     for kept in report.kept:
         print(f"kept: {kept}")
     return 0
+
+
+
+def _print_network_policy(policy: dict[str, Any]) -> None:
+    if "error" in policy:
+        print(f"network policy: cannot report ({policy['error']})")
+        return
+    if not policy.get("enforcing", True):
+        print(f"network policy: NOT enforced on this node ({policy['lastError']})")
+        return
+    state = "in step with the API" if policy["synced"] else "catching up"
+    isolated = policy["isolated"]
+    print(
+        f"network policy: {policy['policies']} policies, {state}; pods isolated for ingress "
+        f"{isolated['ingress']}, for egress {isolated['egress']}; last update "
+        f"{policy['lastUpdateSeconds']} s"
+    )
+    for ref, sel in sorted(policy.get("selectedPods", {}).items()):
+        ingress = ", ".join(sel["ingress"]) or "-"
+        egress = ", ".join(sel["egress"]) or "-"
+        print(f"pod {ref}: ingress {ingress}; egress {egress}")
+    for ref, why in sorted(policy.get("unenforceable", {}).items()):
+        print(f"policy {ref} not enforced: {why}")
+    if policy.get("lastError"):
+        print(f"network policy error: {policy['lastError']}")
+
+
 
 
 def _add_version(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -250,6 +281,12 @@ def _add_kube_options(p: argparse.ArgumentParser) -> None:
         default=DEFAULT_VXLAN_DEVICE,
         metavar="NAME",
         help="vxlan device names: NAME4 and NAME6 (default %(default)s)",
+    )
+    kube.add_argument(
+        "--network-policy",
+        choices=("on", "off"),
+        default="on",
+        help="enforce NetworkPolicy for this node's pods with nftables (default %(default)s)",
     )
 
 

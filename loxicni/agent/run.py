@@ -18,9 +18,10 @@ from loxicni.base.logs import confine_log_files, get_logger
 from loxicni.base.version import package_version
 from loxicni.ipam import store
 from loxicni.net.errors import OverlayError
-from loxicni.net.masq import NftError
+from loxicni.net.nft import NftError
 
 if TYPE_CHECKING:
+    from loxicni.k8s.controller import Controller
     from loxicni.k8s.options import KubeOptions
 
 log = get_logger(__name__)
@@ -85,7 +86,23 @@ def _start_kubernetes(kube: KubeOptions, server: AgentServer, agent: AgentState)
         agent.sections["crossNode"] = cross.report
         agent.metrics.sources.append(cross.metrics)
         cross.start()
+    if kube.network_policy:
+        _start_network_policy(kube, controller, server, agent)
     controller.start(watch_node=config is None)
+
+
+def _start_network_policy(
+    kube: KubeOptions, controller: Controller, server: AgentServer, agent: AgentState
+) -> None:
+    from loxicni.k8s.netpol.controller import PolicyController
+
+    policy = PolicyController(kube.node_name, controller.api.client, resync=kube.resync)
+    server.listeners.append(policy.attachment_changed)
+    agent.sections["networkPolicy"] = policy.status
+    agent.metrics.sources.append(policy.render_metrics)
+    controller.policies_of = policy.selected_by
+    policy.on_selection_changed.append(controller.wake.set)
+    policy.start()
 
 
 def _stop_on_signals(server: AgentServer) -> None:

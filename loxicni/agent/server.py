@@ -165,8 +165,10 @@ def _peer_uid(conn: socket.socket) -> int:
     return int(uid)
 
 
-# Told of every ADD and DEL served successfully: (command, env).
-AttachmentListener = Callable[[str, dict[str, str]], None]
+# Told of every ADD and DEL served successfully, before the runtime gets the answer:
+# (command, env, the answer's bytes). A listener may wait a little (network policy does, until
+# the new pod's filter is in place); most just take note.
+AttachmentListener = Callable[[str, dict[str, str], bytes], None]
 
 
 @dataclass
@@ -415,5 +417,5 @@ class AgentServer:
         self.agent.metrics.observe(label, time.perf_counter() - start, error_code)
         if code == 0 and command in ("ADD", "DEL"):
             for listener in self.listeners:
-                listener(command, env)
+                listener(command, env, out)
         return code, out

@@ -11,7 +11,8 @@ bridge. ``loxi-cni teardown`` removes all of it, in the node's netns, with the a
   vxlan links of its device names;
 * the cluster networks of the masquerade table, then the table if no set holds anything;
 * the CNI config file, then each bridge it names, unless a port is still attached (a pod not
-  yet DELeted keeps it, and is reported).
+  yet DELeted keeps it, and is reported);
+* the network policy table (it outlives the agent so a restart never opens an isolated pod).
 
 An agent started with other overlay settings than the recorded ones, or with no cross-node
 mode, removes the recorded overlay itself (``remove_leftovers``).
@@ -26,6 +27,7 @@ from pathlib import Path
 from loxicni.base.logs import get_logger
 from loxicni.net import links, masq, overlay, overlay_record
 from loxicni.net.overlay import OverlayConfig
+from loxicni.net.policy_table import PolicyTable
 from loxicni.net.rtnl import Rtnl
 from loxicni.plugin.config import DEFAULT_BRIDGE
 
@@ -38,6 +40,7 @@ class TeardownReport:
     devices: list[str] = field(default_factory=list)
     cluster_networks: int = 0
     masquerade_table: bool = False
+    policy_table: bool = False
     conf: str = ""  # the CNI config removed
     bridges: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)  # left in place, and why
@@ -108,5 +111,6 @@ def teardown(conf_path: Path | None, default: OverlayConfig | None = None) -> Te
     report.cluster_networks = len(masq.cluster_networks())
     masq.set_cluster_networks([])
     report.masquerade_table = masq.delete_table_if_unused()
+    report.policy_table = PolicyTable().delete()
     overlay_record.forget()
     return report

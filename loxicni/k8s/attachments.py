@@ -104,8 +104,15 @@ def from_record(record: records.Record) -> Attachment | None:
     )
 
 
-def resource_body(att: Attachment, node: str, uid: str, state: str = READY) -> dict[str, Any]:
-    """The PodNetworkInterface of an attachment, owned by its Pod (``uid``), for an apply."""
+def resource_body(
+    att: Attachment,
+    node: str,
+    uid: str,
+    state: str = READY,
+    policies: tuple[list[str], list[str]] | None = None,
+) -> dict[str, Any]:
+    """The PodNetworkInterface of an attachment, owned by its Pod (``uid``), for an apply;
+    ``policies``: the NetworkPolicies selecting the pod (for ingress, for egress)."""
     spec: dict[str, Any] = {
         "podName": att.pod.name,
         "podUID": uid,
@@ -123,6 +130,9 @@ def resource_body(att: Attachment, node: str, uid: str, state: str = READY) -> d
         spec["mac"] = att.mac
     if att.mtu:
         spec["mtu"] = att.mtu
+    status: dict[str, Any] = {"state": state}
+    if policies is not None:
+        status["policies"] = {"ingress": policies[0], "egress": policies[1]}
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,
@@ -142,7 +152,7 @@ def resource_body(att: Attachment, node: str, uid: str, state: str = READY) -> d
             ],
         },
         "spec": spec,
-        "status": {"state": state},
+        "status": status,
     }
 
 

@@ -98,6 +98,9 @@ class Controller:
         self.syncs = 0
         self.released_total = 0
         self.backoff = Backoff(first=1.0, cap=30.0)
+        # Network policy's view of a pod (by UID): the policies selecting it, for ingress and
+        # for egress; shown in its PodNetworkInterface.
+        self.policies_of: Callable[[str], tuple[list[str], list[str]]] | None = None
         self.pod_watch = Watcher(
             api.client,
             Pod,
@@ -141,7 +144,7 @@ class Controller:
         self.stop_event.set()
         self.wake.set()
 
-    def attachment_changed(self, command: str, env: dict[str, str]) -> None:
+    def attachment_changed(self, command: str, env: dict[str, str], _result: bytes = b"") -> None:
         """The agent served an ADD or DEL: bring the API in line soon (never blocks)."""
         self.wake.set()
 
@@ -256,8 +259,9 @@ class Controller:
                 self.orphan_since.pop(att.key, None)
                 uid = pod.uid if pod is not None else att.pod.uid
                 if uid:
+                    policies = self.policies_of(uid) if self.policies_of is not None else None
                     plan.desired[where] = attachments.resource_body(
-                        att, self.options.node_name, uid
+                        att, self.options.node_name, uid, policies=policies
                     )
                     plan.by_pod[uid].append(att)
                 continue

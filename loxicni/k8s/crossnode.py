@@ -44,7 +44,7 @@ from loxicni.k8s.watcher import Watcher
 from loxicni.net import masq, overlay, overlay_record, sysctl, underlay, vxlan
 from loxicni.net.errors import OverlayError
 from loxicni.net.ip import IPNetwork
-from loxicni.net.masq import NftError
+from loxicni.net.nft import NftError
 from loxicni.net.overlay import OverlayConfig, SyncReport
 from loxicni.net.peers import LocalNode, Mode
 from loxicni.net.rtnl import Rtnl

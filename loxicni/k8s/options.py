@@ -41,6 +41,7 @@ class KubeOptions:
     data_root: Path = Path(DEFAULT_DATA_ROOT)  # where the template's ipam.dataDir may be
     grace_period: float = DEFAULT_GRACE_PERIOD
     resync: float = DEFAULT_RESYNC
+    network_policy: bool = True  # enforce NetworkPolicy for this node's pods
     cross_node: str = "none"
     vxlan_vni: int = DEFAULT_VXLAN_VNI
     vxlan_port: int = DEFAULT_VXLAN_PORT

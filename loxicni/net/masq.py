@@ -65,18 +65,13 @@ from ipaddress import (
     ip_network,
 )
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 from urllib.parse import quote, unquote
 
 from loxicni.base import paths
-
-if TYPE_CHECKING:
-    import subprocess  # imported where nft runs: ~3 ms with shutil, at every start otherwise
+from loxicni.net.nft import NO_SUCH, NftError, failed, run, run_checked
 
 TABLE = "loxi-cni"
-NFT_TIMEOUT = 30.0  # seconds; nft normally takes a few ms, so this only bounds a wedged kernel
-# Where to look for nft when the runtime gives plugins a minimal PATH.
-SBIN_DIRS = "/usr/sbin:/sbin:/usr/local/sbin"
 
 _COMMENT_MAX = 128  # nft refuses longer comments (NFTNL_UDATA_COMMENT_MAXLEN)
 _PODS = {4: "pods4", 6: "pods6"}
@@ -105,15 +100,6 @@ ip saddr . ip daddr != @local4 masquerade comment "{_RULE_COMMENTS[0]}"
 add rule {_T} postrouting ip6 saddr @pods6 ip6 daddr != ff00::/8 ip6 daddr != @cluster6 \
 ip6 saddr . ip6 daddr != @local6 masquerade comment "{_RULE_COMMENTS[1]}"
 """
-
-
-class NftError(Exception):
-    """nft failed, could not run, or said something we cannot read."""
-
-    def __init__(self, what: str, details: str = "") -> None:
-        super().__init__(f"{what}: {details}" if details else what)
-        self.what = what
-        self.details = details
 
 
 class LabelTooLong(ValueError):
@@ -179,7 +165,9 @@ def add_masquerade(
             + _add_lines([e for k, e in want.items() if k not in have])
         )
         if script:
-            _nft(["-f", "-"], script, f"cannot set up masquerading for {container_id}/{ifname}")
+            run_checked(
+                ["-f", "-"], script, f"cannot set up masquerading for {container_id}/{ifname}"
+            )
 
 
 def remove_masquerade(network: str, container_id: str, ifname: str) -> None:
@@ -188,7 +176,7 @@ def remove_masquerade(network: str, container_id: str, ifname: str) -> None:
     with _locked():
         mine = [e for e in _read().elems if e.tag == tag]
         if mine:
-            _nft(
+            run_checked(
                 ["-f", "-"],
                 _delete_lines(mine),
                 f"cannot remove masquerading for {container_id}/{ifname}",
@@ -242,7 +230,8 @@ def set_cluster_networks(networks: Iterable[IPv4Network | IPv6Network]) -> bool:
             script = _BOOTSTRAP + script
         if not script:
             return False
-        _nft(["-f", "-"], script, "cannot update the cluster's pod networks not to masquerade")
+        what = "cannot update the cluster's pod networks not to masquerade"
+        run_checked(["-f", "-"], script, what)
         return True
 
 
@@ -260,7 +249,7 @@ def delete_table_if_unused() -> bool:
         state = _read()
         if not state.exists or state.elems or state.cluster:
             return False
-        _nft(["delete", "table", "inet", TABLE], None, "cannot delete the masquerade table")
+        run_checked(["delete", "table", "inet", TABLE], None, "cannot delete the masquerade table")
         return True
 
 
@@ -306,11 +295,11 @@ def _render(value: object) -> str:
 
 def _read() -> _State:
     """Our sets' elements and whether our rules are in place; empty if there is no table yet."""
-    proc = _run(["-j", "list", "table", "inet", TABLE], None, "cannot list masquerade table")
+    proc = run(["-j", "list", "table", "inet", TABLE], None, "cannot list masquerade table")
     if proc.returncode != 0:
-        if "No such file or directory" in proc.stderr:
+        if NO_SUCH in proc.stderr:
             return _State([], rules_ok=False, cluster={}, exists=False)
-        raise _failed("cannot list masquerade table", proc)
+        raise failed("cannot list masquerade table", proc)
     try:
         elems: list[_Elem] = []
         cluster: dict[tuple[str, str], str] = {}
@@ -375,39 +364,3 @@ def _locked() -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing the last descriptor releases the lock
-
-
-def _nft_binary() -> str:
-    import shutil
-
-    found = shutil.which("nft") or shutil.which("nft", path=SBIN_DIRS)
-    if found is None:
-        raise NftError(
-            "ipMasq needs the nft command (package nftables), which was not found",
-            f"searched PATH={os.environ.get('PATH', '')!r} and {SBIN_DIRS}",
-        )
-    return found
-
-
-def _run(args: list[str], stdin: str | None, what: str) -> subprocess.CompletedProcess[str]:
-    import subprocess
-
-    cmd = [_nft_binary(), *args]
-    try:
-        return subprocess.run(
-            cmd, input=stdin, capture_output=True, text=True, timeout=NFT_TIMEOUT, check=False
-        )
-    except subprocess.TimeoutExpired as e:
-        raise NftError(f"{what}: nft timed out", " ".join(cmd)) from e
-    except OSError as e:
-        raise NftError(f"{what}: cannot run nft", str(e)) from e
-
-
-def _failed(what: str, proc: subprocess.CompletedProcess[str]) -> NftError:
-    return NftError(what, proc.stderr.strip() or f"exit {proc.returncode}")
-
-
-def _nft(args: list[str], stdin: str | None, what: str) -> None:
-    proc = _run(args, stdin, what)
-    if proc.returncode != 0:
-        raise _failed(what, proc)

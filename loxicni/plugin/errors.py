@@ -12,8 +12,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from loxicni.cni.errors import CniError, Code
-from loxicni.net.masq import LabelTooLong, NftError
+from loxicni.net.masq import LabelTooLong
 from loxicni.net.netns import NetnsGone, NotANetns
+from loxicni.net.nft import NftError
 from loxicni.net.rtnl import NetlinkError
 
 

@@ -21,6 +21,7 @@ import yaml
 from pyroute2 import IPRoute, NetNS
 
 from loxicni.net import masq
+from loxicni.net.policy_table import PolicyTable
 from tests.support.host import delete_links, links, unrouted
 from tests.support.ipam import reservation_files
 from tests.support.plugin import PLUGIN, agent_status
@@ -114,6 +115,10 @@ class Cluster:
     proc: subprocess.Popen[bytes] | None = None
     netns: list[str] = field(default_factory=list)
     masq_table_existed: bool = field(default_factory=lambda: masq_table() is not None)
+    # Network policy in the host's netns only where a test asks: agents of other tests run
+    # there too, and the policy table a node keeps outlives its agent.
+    network_policy: bool = False
+    policy_table_existed: bool = field(default_factory=lambda: PolicyTable().exists())
 
     # names of this test's network, so nothing collides with other tests on the host
     @property
@@ -184,6 +189,7 @@ class Cluster:
             "--cni-conf-dir", str(self.conf_dir), "--cni-conf-template", str(template),
             "--cni-data-root", str(self.data_dir.parent),
             "--grace-period", str(self.grace_period), "--resync", "2", *self.extra_args,
+            "--network-policy", "on" if self.network_policy else "off",
         ]  # fmt: skip
         env = {**os.environ, **self.env}
         with self.log.open("ab") as log:
@@ -326,6 +332,8 @@ class Cluster:
         delete_links(*self.host_veths(), self.bridge)
         if not self.masq_table_existed:
             drop_unused_masq_table()
+        if self.network_policy and not self.policy_table_existed:
+            PolicyTable().delete()
         self.kubectl("delete", "node", self.node, "--wait=false", check=False)
 
 

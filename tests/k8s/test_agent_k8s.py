@@ -108,14 +108,16 @@ def test_pods_get_interfaces_and_network_status_then_lose_them(cluster: Cluster)
     table = cluster.kubectl("get", "podnetworkinterfaces", "-n", cluster.namespace, "-o", "wide")
     head, *rows = table.stdout.splitlines()
     assert head.split() == [
-        "NAME", "POD", "INTERFACE", "VETH", "IPS", "MAC", "STATE", "NODE", "BRIDGE", "VLAN",
-        "MTU", "GATEWAY", "NETWORK", "CONTAINER", "AGE",
+        "NAME", "POD", "INTERFACE", "VETH", "IPS", "MAC", "STATE", "INGRESS-POLICIES",
+        "EGRESS-POLICIES", "NODE", "BRIDGE", "VLAN", "MTU", "GATEWAY", "NETWORK", "CONTAINER",
+        "AGE",
     ]  # fmt: skip
     for pod in pods:
         spec = pnis[pod.name]["spec"]
         (row,) = [r.split() for r in rows if r.split()[1] == pod.name]
         assert row[2:4] == ["eth0", spec["hostInterface"]]
         assert spec["ips"][0] in row[4] and row[5] == spec["mac"] and row[6] == "Ready"
+        # network policy is off for this node: the policy columns are empty
         assert row[7:11] == [cluster.node, cluster.bridge, "0", str(spec["mtu"])]
 
     # The kubelet stops and removes the first sandbox, then deletes its Pod.
@@ -204,6 +206,8 @@ RBAC_ALLOWED = [
     ("get", "podnetworkinterfaces.loxicni.io"), ("list", "podnetworkinterfaces.loxicni.io"),
     ("create", "podnetworkinterfaces.loxicni.io"), ("patch", "podnetworkinterfaces.loxicni.io"),
     ("delete", "podnetworkinterfaces.loxicni.io"),
+    ("list", "namespaces"), ("watch", "namespaces"),
+    ("list", "networkpolicies.networking.k8s.io"), ("watch", "networkpolicies.networking.k8s.io"),
     ("get", "nodenetworks.loxicni.io"), ("create", "nodenetworks.loxicni.io"),
     ("patch", "nodenetworks.loxicni.io"),
 ]  # fmt: skip
@@ -225,6 +229,11 @@ RBAC_DENIED = [
     ("escalate", "clusterroles.rbac.authorization.k8s.io"),
     ("create", "daemonsets.apps"), ("create", "customresourcedefinitions"),
     ("list", "events"),
+    ("get", "namespaces"), ("patch", "namespaces"), ("create", "namespaces"),
+    ("delete", "namespaces"),
+    ("get", "networkpolicies.networking.k8s.io"), ("create", "networkpolicies.networking.k8s.io"),
+    ("patch", "networkpolicies.networking.k8s.io"),
+    ("delete", "networkpolicies.networking.k8s.io"),
 ]  # fmt: skip
 
 

@@ -31,6 +31,7 @@ from tests.runtimes import oci
 from tests.runtimes.helpers import CRICTL, LOOPBACK
 from tests.runtimes.runtimes import Containerd
 from tests.support.plugin import PLUGIN
+from tests.support.probes import Probe, Servers, run_probes
 from tests.support.waiting import wait_for
 
 from .cluster import (
@@ -165,6 +166,7 @@ def node(
         "--vxlan-vni", str(1000 + int(sim.tag, 16) % 1000),
     )  # fmt: skip
     cluster.extra_args = ["--cross-node", "auto", *overlay]
+    cluster.network_policy = True  # the host's own table, deleted at cleanup if it was not there
     bin_dir, calls_log = tmp_path / "cni-bin", tmp_path / "cni-calls.log"
     bin_dir.mkdir()
     cluster.conf_dir.mkdir()  # containerd watches it from the start
@@ -407,3 +409,72 @@ def test_a_kubelet_pod_reaches_pods_on_simulated_nodes(node: Node, sim: SimClust
             assert server.close() == ips[version]  # the Pod's own address: not masqueraded
             assert fetch(sim_pod.name, ips[version], PORT) == "joiner", (sim_node.name, version)
     cp.kubectl("delete", "pod", "joiner", "-n", cluster.namespace, "--timeout=60s", timeout=70)
+
+
+def test_network_policy_on_the_kubelet_node(node: Node, sim: SimCluster) -> None:
+    """The agent of the kubelet node enforces a NetworkPolicy for the Pods the kubelet runs:
+    a friend Pod on the node (bridged) reaches the guarded Pod, a stranger Pod and a simulated
+    node's pod (across nodes) do not, in both families; the kubelet's readiness probe (the
+    node's own traffic) still passes; the PodNetworkInterface names the policy."""
+    cluster, cp = node.cluster, node.cluster.cp
+    guarded = _pod("guarded", node, f"nc -ll -p {PORT} -e hostname", port=PORT)
+    guarded["metadata"]["labels"] = {"app": "guarded"}
+    friend = _pod("friend", node, "sleep 3600")
+    friend["metadata"]["labels"] = {"role": "friend"}
+    stranger = _pod("stranger", node, "sleep 3600")
+    for manifest in (guarded, friend, stranger):
+        cp.kubectl("create", "-f", "-", input=json.dumps(manifest))
+    pods = {n: _wait_ready(cluster, n) for n in ("guarded", "friend", "stranger")}
+    policy = {
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "guard", "namespace": cluster.namespace},
+        "spec": {"podSelector": {"matchLabels": {"app": "guarded"}},
+                 "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "friend"}}}],
+                              "ports": [{"port": PORT}]}]},
+    }  # fmt: skip
+    cp.kubectl("apply", "-f", "-", input=json.dumps(policy))
+    ref = f"{cluster.namespace}/guard"
+
+    def enforced() -> bool:
+        status = cluster.status().get("networkPolicy") or {}
+        return ref in (status.get("appliedPolicies") or {}) and bool(status.get("synced"))
+
+    wait_for("the kubelet node's agent to enforce the policy", enforced)
+    netns = {n: node.sandbox(p).netns for n, p in pods.items()}
+    ips = {
+        v: i["ip"]
+        for i in pods["guarded"]["status"]["podIPs"]
+        for v in [ipaddress.ip_address(i["ip"]).version]
+    }
+    sim_pod = sim.nodes[0].pods[0]
+    sources = {"friend": netns["friend"], "stranger": netns["stranger"], "sim": sim_pod.name}
+    probes = {
+        (who, v): Probe(src, netns["guarded"], ips[v], PORT, "tcp")
+        for who, src in sources.items()
+        for v in (4, 6)
+    }
+    servers = Servers()
+    try:
+        got = run_probes(probes.values(), servers, timeout=1.0)
+    finally:
+        servers.close()
+    reached = {key for key, p in probes.items() if got[p]}
+    assert reached == {("friend", 4), ("friend", 6)}
+    # the kubelet's probes come from the node: allowed, so the Pod stays Ready
+    time.sleep(3)
+    assert _wait_ready(cluster, "guarded")
+    pni = wait_for(
+        "the guarded Pod's interface to name its policy",
+        lambda: next(
+            (i for i in cluster.interfaces().values()
+             if i["spec"]["podName"] == "guarded"
+             and (i["status"].get("policies") or {}).get("ingress") == ["guard"]),
+            None,
+        ),
+    )  # fmt: skip
+    assert pni["status"]["policies"]["egress"] == []
+    cp.kubectl("delete", "networkpolicy", "guard", "-n", cluster.namespace)
+    cp.kubectl(
+        "delete", "pod", "guarded", "friend", "stranger", "-n", cluster.namespace,
+        "--timeout=90s", timeout=100,
+    )  # fmt: skip

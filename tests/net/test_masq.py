@@ -24,7 +24,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from loxicni.net import masq, netns
+from loxicni.net import masq, netns, nft
 
 V4 = ip_interface("10.99.0.5/24")
 V6 = ip_interface("fd99::5/64")
@@ -229,8 +229,8 @@ def test_concurrent_adds_and_removes_do_not_interfere(new_net: Callable[[], str]
 
 def test_missing_nft_binary(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(masq, "SBIN_DIRS", str(tmp_path))
-    with pytest.raises(masq.NftError) as info:
+    monkeypatch.setattr(nft, "SBIN_DIRS", str(tmp_path))
+    with pytest.raises(nft.NftError) as info:
         masq.remove_masquerade("n", "c", "eth0")
     assert "nft" in info.value.what and "not found" in info.value.what
 
@@ -240,7 +240,7 @@ def test_nft_failure_carries_stderr(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     fake.write_text("#!/bin/sh\necho 'Error: Operation not permitted' >&2\nexit 1\n")
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(masq.NftError) as info:
+    with pytest.raises(nft.NftError) as info:
         masq.add_masquerade("n", "c", "eth0", [V4])
     assert info.value.details == "Error: Operation not permitted"
 
