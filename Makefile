@@ -106,20 +106,6 @@ test-netpol: dev netpol-oracle
 # loxi-cni (tests/k8s); the NetworkPolicy oracle and corpus (tests/netpol). A missing binary
 # or tool fails, never skips.
 .PHONY: e2e
-<<<<<<< HEAD
-e2e: install dev k8s-deps runtimes-deps
-	LOXI_K8S_REQUIRED=1 LOXI_CNI_BIN=$(CNI_BIN_DIR)/loxi-cni $(DEV_VENV)/bin/pytest -q tests/k8s
-
-# The long chaos run (tests/chaos/run.py, README "Reliability"): concurrent runtimes while
-# the agent is killed, the state fs fills up or turns read-only, netns vanish and the node
-# reboots. `make chaos SEED=7 CALLS=5000`; make test runs a bounded one (tests/chaos).
-SEED  ?= 1
-CALLS ?= 3000
-.PHONY: chaos
-chaos: install dev
-	LOXI_CNI_BIN=$(CNI_BIN_DIR)/loxi-cni $(DEV_VENV)/bin/python -m tests.chaos.run \
-		--seed $(SEED) --calls $(CALLS)
-=======
 e2e: install dev k8s-deps netpol-oracle runtimes-deps
 	LOXI_K8S_REQUIRED=1 LOXI_CNI_BIN=$(CNI_BIN_DIR)/loxi-cni \
 		$(DEV_VENV)/bin/pytest -q tests/k8s tests/netpol
@@ -130,4 +116,13 @@ e2e: install dev k8s-deps netpol-oracle runtimes-deps
 e2e-netpol: install dev k8s-deps netpol-oracle
 	LOXI_K8S_REQUIRED=1 LOXI_NETPOL_CASES=0 LOXI_CNI_BIN=$(CNI_BIN_DIR)/loxi-cni \
 		$(DEV_VENV)/bin/pytest -q tests/k8s/test_netpol_corpus.py
->>>>>>> main
+
+# The long chaos run (tests/chaos/run.py, README "Reliability"): concurrent runtimes while
+# the agent is killed, the state fs fills up or turns read-only, netns vanish and the node
+# reboots. `make chaos SEED=7 CALLS=5000`; make test runs a bounded one (tests/chaos).
+SEED  ?= 1
+CALLS ?= 3000
+.PHONY: chaos
+chaos: install dev
+	LOXI_CNI_BIN=$(CNI_BIN_DIR)/loxi-cni $(DEV_VENV)/bin/python -m tests.chaos.run \
+		--seed $(SEED) --calls $(CALLS)
