@@ -174,7 +174,8 @@ def test_crash_mid_add_and_dead_netns_are_reconciled(agent: Agent, net: Net) -> 
     for p in (a, c):
         assert net.call("DEL", p, conf, env=agent.env).rc == 0
     assert net.reservations() == {} and links_of_bridge(net.bridge) == []
-    assert agent.status()["attachments"] == 0
+    # Each record goes once its veth is deleted, after the DEL has answered.
+    wait_for("no attachment", lambda: agent.status()["attachments"] == 0, timeout=10)
 
 
 def test_kill_9_during_a_storm_never_hangs_and_leaks_nothing(agent: Agent, net: Net) -> None:
@@ -209,7 +210,8 @@ def test_kill_9_during_a_storm_never_hangs_and_leaks_nothing(agent: Agent, net: 
         assert net.call("DEL", p, conf, env=env).rc == 0
     assert net.reservations() == {}
     assert links_of_bridge(net.bridge) == []
-    assert agent.status()["attachments"] == 0
+    # Each record goes once its veth is deleted, after the DEL has answered.
+    wait_for("no attachment", lambda: agent.status()["attachments"] == 0, timeout=10)
     assert list(agent.state_dir.glob("attachments/*")) == []
 
 
