@@ -138,3 +138,13 @@ e2e: install dev image k8s-deps netpol-oracle runtimes-deps
 e2e-netpol: install dev k8s-deps netpol-oracle
 	LOXI_K8S_REQUIRED=1 LOXI_NETPOL_CASES=0 LOXI_CNI_BIN=$(CNI_BIN_DIR)/loxi-cni \
 		$(DEV_VENV)/bin/pytest -q tests/k8s/test_netpol_corpus.py
+
+# The long chaos run (tests/chaos/run.py, README "Reliability"): concurrent runtimes while
+# the agent is killed, the state fs fills up or turns read-only, netns vanish and the node
+# reboots. `make chaos SEED=7 CALLS=5000`; make test runs a bounded one (tests/chaos).
+SEED  ?= 1
+CALLS ?= 3000
+.PHONY: chaos
+chaos: install dev
+	LOXI_CNI_BIN=$(CNI_BIN_DIR)/loxi-cni $(DEV_VENV)/bin/python -m tests.chaos.run \
+		--seed $(SEED) --calls $(CALLS)

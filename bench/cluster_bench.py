@@ -240,7 +240,21 @@ class Node:
             self.proc.wait(timeout=30)
             self.log.close()
         subprocess.run(
-            ["ip", "netns", "exec", self.ns, PLUGIN, "teardown", "--cni-conf-dir", ""],
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.ns,
+                PLUGIN,
+                "uninstall",
+                "--force",
+                "--cni-conf-dir",
+                "",
+                "--tree-dir",
+                str(self.work / "trees"),
+                "--cni-bin-dir",
+                str(self.work / "bin"),
+            ],
             capture_output=True,
             env=self.env,
             timeout=60,

@@ -50,12 +50,14 @@ def _agent_logging() -> None:
 def _reconcile() -> None:
     report = state.reconcile()
     log.info(
-        "reconciled: kept %d, released %d, orphan veths deleted %d, failed %d, quarantined %d",
+        "reconciled: kept %d, released %d, orphan veths deleted %d, failed %d, quarantined %d, "
+        "unused lock files removed %d",
         report.kept,
         len(report.released),
         len(report.orphan_veths),
         len(report.failed),
         len(report.quarantined),
+        len(report.lock_files),
     )
 
 

@@ -148,6 +148,17 @@ def _refuse(conn: socket.socket, code: int, msg: str) -> None:
         drained += len(chunk)
 
 
+def client_gone(conn: socket.socket) -> bool:
+    """Has the client hung up (it timed out, or died)? It sends nothing after its request,
+    so a readable connection means end of file, or a reset."""
+    try:
+        return not conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
 def _peer_uid(conn: socket.socket) -> int:
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     _pid, uid, _gid = struct.unpack("3i", creds)
@@ -373,19 +384,25 @@ class AgentServer:
                 conn.sendall(wire.encode_response(0, out))
                 return
             netns_fd = job.fds[0] if job.fds else None
-            code, out = self.serve_cni(job.env, job.stdin, netns_fd)
+            code, out = self.serve_cni(job.env, job.stdin, netns_fd, lambda: client_gone(conn))
             conn.sendall(wire.encode_response(code, out))
         except OSError as exc:  # the client went away: nothing to answer
             log.info("connection dropped: %s", exc)
 
     def serve_cni(
-        self, env: dict[str, str], stdin: bytes, netns_fd: int | None
+        self,
+        env: dict[str, str],
+        stdin: bytes,
+        netns_fd: int | None,
+        abandoned: Callable[[], bool] | None = None,
     ) -> tuple[int, bytes]:
         command = env.get("CNI_COMMAND", "")
         token = container_id.set(env.get("CNI_CONTAINERID") or "-")
         start = time.perf_counter()
         try:
-            plugin = BridgePlugin(netns_fd=netns_fd, reaper=self.reaper, require_fd=True)
+            plugin = BridgePlugin(
+                netns_fd=netns_fd, reaper=self.reaper, require_fd=True, abandoned=abandoned
+            )
             with request_log():
                 code, out = skel.run(plugin, env, stdin, KNOWN_ARGS)
         finally:

@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loxicni.agent.metrics import PoolUsage
+from loxicni.base import faults
 from loxicni.base.logs import get_logger
 from loxicni.cni.errors import CniError
 from loxicni.ipam.config import parse_host_local
 from loxicni.ipam.store import Store
 from loxicni.net import links
 from loxicni.net.rtnl import Rtnl
-from loxicni.plugin import hostveth, naming, records
+from loxicni.plugin import hostveth, locks, naming, records
 from loxicni.plugin.locks import attachment_lock
 from loxicni.plugin.release import FAILED, RELEASED, release
 
@@ -34,6 +35,7 @@ class ReconcileReport:
     failed: list[str] = field(default_factory=list)
     orphan_veths: list[str] = field(default_factory=list)
     quarantined: list[str] = field(default_factory=list)  # record keys that cannot be read
+    lock_files: list[str] = field(default_factory=list)  # of attachments without a record
 
 
 def alive(ipr: Rtnl, record: records.Record) -> bool:
@@ -64,6 +66,7 @@ def reconcile() -> ReconcileReport:
             if outcome.status == RELEASED:
                 report.released.append(name)
                 log.info("reconcile: released %s (state %s)", name, record.state)
+                faults.step("reconcile-release")
             elif outcome.status == FAILED:
                 report.failed.append(name)
                 log.warning("reconcile: DEL of %s failed: %s", name, outcome.error)
@@ -80,6 +83,7 @@ def reconcile() -> ReconcileReport:
                     links.delete(ipr, link.index)
                     report.orphan_veths.append(link.name)
                     log.info("reconcile: deleted orphan host veth %s", link.name)
+    report.lock_files = locks.remove_unused(records.exists)  # of calls killed holding them
     return report
 
 

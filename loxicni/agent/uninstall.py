@@ -147,7 +147,7 @@ def _remove_state(done: Uninstalled) -> None:
     socket = Path(paths.socket_path())
     if socket.is_socket():
         socket.unlink()  # no agent answers on it (the caller asked)
-    locks.remove_free()
+    locks.remove_unused(records.exists)  # every attachment is released: all but the unreadable
     if done.masquerade_table:  # gone: no one masquerades through it any more
         masq.remove_lock()
     for directory in (

@@ -15,6 +15,8 @@ import stat
 import time
 from contextlib import suppress
 
+from loxicni.base import faults
+
 TEMP_SUFFIX = ".tmp"
 TEMP_PREFIX = "."
 # A write takes milliseconds; a temp file this old belongs to a writer that died.
@@ -40,6 +42,12 @@ def file_time_mark_ns() -> int:
 def temp_name(name: str) -> str:
     """A temporary name for ``name``, unique across processes and threads."""
     return f"{TEMP_PREFIX}{name}.{os.urandom(6).hex()}{TEMP_SUFFIX}"
+
+
+def fixed_temp_name(name: str) -> str:
+    """The one temporary name for ``name``, for writers serialised by a lock (see
+    ``write_atomic``'s ``temp_path``)."""
+    return f"{TEMP_PREFIX}{name}.locked{TEMP_SUFFIX}"
 
 
 def is_temp_name(name: str) -> bool:
@@ -71,18 +79,28 @@ def write_atomic(
     mode: int = 0o600,
     sync: bool = False,
     temp_dir: str | os.PathLike[str] | None = None,
+    temp_path: str | os.PathLike[str] | None = None,
 ) -> None:
     """Replace ``path`` with ``data``; a reader sees the old content or the new, never a mix.
 
     ``sync`` fsyncs the file and its directory (for files other programs must find after a
     power loss, such as the node's CNI config). ``temp_dir`` (same filesystem) keeps the
-    temporary file out of a directory that others list.
+    temporary file out of a directory that others list. ``temp_path`` names the temporary
+    file outright, for writers that all hold one lock: the remains of a writer killed before
+    its rename are then replaced by the next write, and whoever removes ``path`` can remove
+    them by name, where a unique name waits for ``remove_stale_temps``.
     """
     path = os.fspath(path)
-    directory = os.fspath(temp_dir) if temp_dir is not None else os.path.dirname(path) or "."
-    tmp = os.path.join(directory, temp_name(os.path.basename(path)))
+    if temp_path is not None:
+        tmp = os.fspath(temp_path)
+        with suppress(FileNotFoundError):
+            os.unlink(tmp)
+    else:
+        directory = os.fspath(temp_dir) if temp_dir is not None else os.path.dirname(path)
+        tmp = os.path.join(directory or ".", temp_name(os.path.basename(path)))
     write_new(tmp, data, mode, sync=sync)
     try:
+        faults.step("write-temp")
         os.replace(tmp, path)
     except BaseException:
         with suppress(OSError):

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from loxicni.base import files
+from loxicni.base import faults, files
 from loxicni.cni.errors import CniError, Code
 from loxicni.cni.types import IPAddress
 from loxicni.ipam.dirwatch import DirWatch
@@ -170,6 +170,7 @@ class Store:
             if os.path.lexists(path):  # cheap pre-check: no index churn for taken addresses
                 return False
             self._index_add(cid, ifname, ip)
+            faults.step("ipam-index")
             content = f"{cid}{LINE_BREAK}{ifname}"
             if not self._create(path, content.encode()):
                 return False

@@ -37,6 +37,10 @@ log = get_logger(__name__)
 GROUP_BASE = 0x4C00_0000
 GROUPS_PER_REAPER = 0x1000  # batches before the serial wraps; one takes milliseconds
 WAIT = 30.0  # seconds; a group delete takes milliseconds
+# A follow-up that fails (the state fs read-only or full for a while) is tried again after
+# this, doubling up to FOLLOW_UP_RETRY_MAX: its DEL has answered, nobody else will do it.
+FOLLOW_UP_RETRY = 1.0
+FOLLOW_UP_RETRY_MAX = 60.0
 
 
 class _Batch:
@@ -58,7 +62,7 @@ class LinkReaper:
         self._block = GROUP_BASE + GROUPS_PER_REAPER * (int.from_bytes(os.urandom(2)) % blocks)
         self._batch = self._new_batch()
         self._pending: dict[Hashable, _Batch] = {}  # fence -> the batch that lifts it
-        self._finish: queue.Queue[Callable[[], None]] = queue.Queue()
+        self._finish: queue.Queue[tuple[Callable[[], None], float]] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._finisher = threading.Thread(target=self._run_finisher, name="reaper-finish")
         self._finisher.daemon = True
@@ -148,14 +152,20 @@ class LinkReaper:
                             del self._pending[fence]
                 batch.done.set()
                 for callback in batch.callbacks:
-                    self._finish.put(callback)
+                    self._finish.put((callback, FOLLOW_UP_RETRY))
 
     def _run_finisher(self) -> None:
         """Runs what follows a deletion (it may take locks a fenced ADD holds while it waits
         for the deletion itself, so never in the reaper's own thread)."""
         while True:
-            callback = self._finish.get()
+            callback, retry = self._finish.get()
             try:
                 callback()
             except Exception:
-                log.exception("link reaper: follow-up of a deletion failed")
+                # Dropped, it would leave the attachment's "deleting" record and lock file
+                # until the agent restarts or a GC comes, though its DEL answered success.
+                log.exception("link reaper: follow-up of a deletion failed; again in %.0f s", retry)
+                later = (callback, min(retry * 2, FOLLOW_UP_RETRY_MAX))
+                timer = threading.Timer(retry, self._finish.put, (later,))
+                timer.daemon = True
+                timer.start()

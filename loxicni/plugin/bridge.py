@@ -10,10 +10,11 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, replace
 from functools import partial
 
+from loxicni.base import faults
 from loxicni.base.logs import get_logger, use_log_file
 from loxicni.cni.errors import CniError, Code
 from loxicni.cni.request import Request
@@ -27,7 +28,7 @@ from loxicni.plugin import hostveth, naming, records
 from loxicni.plugin.config import BridgeConfig, parse_config
 from loxicni.plugin.errors import cni_errors
 from loxicni.plugin.ipam import Ipam
-from loxicni.plugin.locks import attachment_lock
+from loxicni.plugin.locks import HeldLock, attachment_lock
 from loxicni.plugin.routes import container_routes, gateway_of, route_gateway
 from loxicni.plugin.undo import Undo
 
@@ -111,7 +112,8 @@ class BridgePlugin:
     ``netns_fd``: the pod's netns opened by the caller (the thin client passes it to the
     agent), used instead of opening CNI_NETNS. ``require_fd``: the agent never opens a netns
     path itself, since its mount and PID namespaces are not the runtime's. ``reaper``: the
-    agent's batched link deleter.
+    agent's batched link deleter. ``abandoned``: whether the caller has given up waiting
+    (the agent's client timed out or died).
     """
 
     def __init__(
@@ -120,10 +122,26 @@ class BridgePlugin:
         reaper: LinkReaper | None = None,
         *,
         require_fd: bool = False,
+        abandoned: Callable[[], bool] | None = None,
     ) -> None:
         self.netns_fd = netns_fd
         self.reaper = reaper
         self.require_fd = require_fd
+        self.abandoned = abandoned
+
+    def still_wanted(self, lock: HeldLock | None = None, key: str = "") -> None:
+        """TRY_AGAIN_LATER, before anything is done, if the caller has given up.
+
+        A runtime that got no answer (its client timed out on a stalled agent) goes on
+        without this call: it DELs, retries, adds the pod again, perhaps in-process. Run
+        now, an ADD would leak an attachment nobody will DEL, a DEL would tear down the pod
+        added since, a GC would collect it. Checked with the attachment's lock held: a call
+        whose caller still waits then finishes before any call that caller makes next.
+        """
+        if self.abandoned is not None and self.abandoned():
+            if lock is not None and not records.exists(key):
+                lock.remove_on_release = True  # nothing done: no lock file of ours is left
+            raise CniError(Code.TRY_AGAIN_LATER, "the caller gave up waiting; nothing was done")
 
     def open_netns(self, req: Request) -> Netns:
         with cni_errors(f"opening netns {req.netns}"):
@@ -138,6 +156,7 @@ class BridgePlugin:
         ipam = Ipam(req, cfg.ipam_type)  # validates the IPAM config before anything is touched
         with attachment_lock(cfg.network, req.container_id, req.ifname) as lock:
             try:
+                self.still_wanted()
                 with cni_errors("ADD"), Rtnl() as host, self.open_netns(req) as sandbox:
                     result = self._add_locked(req, cfg, ipam, host, sandbox)
             except BaseException:
@@ -196,6 +215,7 @@ class BridgePlugin:
                 "remove the attachment record",
                 partial(records.remove, cfg.network, req.container_id, req.ifname),
             )
+            faults.step("add-record")
             result, attached = self._add(req, cfg, ipam, host, sandbox, undo)
         except BaseException:
             undo.unwind()  # while the netlink sockets are still open
@@ -208,6 +228,7 @@ class BridgePlugin:
         record.gateways = [str(ip.gateway) for ip in result.ips if ip.gateway is not None]
         record.result = result_to_json(result, "1.1.0")
         records.save(record)
+        faults.step("add-ready")
         log.info(
             "ADD %s %s/%s: %s via %s on %s",
             cfg.network,
@@ -258,10 +279,13 @@ class BridgePlugin:
         undo: Undo,
     ) -> tuple[Result, Attached]:
         bridge = self._ensure_bridge(host, cfg)
+        faults.step("add-bridge")
         host_veth = self._create_veth(req, cfg, host, sandbox, bridge, undo)
+        faults.step("add-port")
 
         allocated = ipam.add()
         undo.push("release addresses", ipam.delete)
+        faults.step("add-ipam")
         if not allocated.ips:
             raise CniError(Code.IPAM_FAILURE, f"IPAM {cfg.ipam_type} returned no address")
         ips = [
@@ -284,6 +308,7 @@ class BridgePlugin:
             for route in routes:
                 gw = route_gateway(route, ips)
                 ipconf.add_route(sandbox.ipr, pod.index, replace(route, gw=gw))
+        faults.step("add-addresses")
         if cfg.is_gateway:
             self._gateway_on_bridge(host, cfg, bridge, ips)
         if cfg.ip_masq:
@@ -295,6 +320,7 @@ class BridgePlugin:
                 "remove masquerade",
                 partial(masq.remove_masquerade, cfg.network, req.container_id, req.ifname),
             )
+            faults.step("add-masq")
 
         attached = Attached(bridge=bridge, host_veth=host_veth, pod=pod, sandbox=req.netns)
         result = Result(
@@ -352,6 +378,7 @@ class BridgePlugin:
                     ) from exc
                 continue  # the host name is taken: next candidate
             undo.push(f"delete veth {name}", partial(links.delete, host, veth.index))
+            faults.step("add-veth")
             with cni_errors(f"attaching {name} to bridge {bridge.name}"):
                 links.attach_port(host, veth.index, bridge.index, alias=alias, hairpin=cfg.hairpin)
                 ops = links.port_vlan_ops(cfg.vlan, cfg.vlan_trunk, cfg.preserve_default_vlan)
@@ -391,6 +418,9 @@ class BridgePlugin:
     def delete(self, req: Request) -> None:
         cfg = load_config(req)
         with attachment_lock(cfg.network, req.container_id, req.ifname) as lock:
+            self.still_wanted(
+                lock, naming.attachment_key(cfg.network, req.container_id, req.ifname)
+            )
             with cni_errors("DEL"), Rtnl() as host:
                 deferred = self.teardown_locked(
                     req, cfg, host, pod_link=True, background=not cfg.sync_teardown
@@ -425,6 +455,7 @@ class BridgePlugin:
         if cfg.ip_masq:
             with cni_errors("removing masquerading"):
                 masq.remove_masquerade(cfg.network, req.container_id, req.ifname)
+            faults.step("del-masq")
         with cni_errors("finding the host veth"):
             veths = hostveth.find(
                 host,
@@ -436,7 +467,9 @@ class BridgePlugin:
             )
         if background and veths and self.reaper is not None:
             self._retire_veths(req, cfg, host, record, veths)
+            faults.step("del-veth")
             Ipam(req, cfg.ipam_type).delete()
+            faults.step("del-ipam")
             return True
         with cni_errors("deleting the host veth"):
             for link in veths:
@@ -448,8 +481,11 @@ class BridgePlugin:
         # end was left.
         if pod_link and req.netns and not veths:
             self._delete_pod_link(req)
+        faults.step("del-veth")
         Ipam(req, cfg.ipam_type).delete()
+        faults.step("del-ipam")
         records.remove(cfg.network, req.container_id, req.ifname)
+        faults.step("del-record")
         return False
 
     def _retire_veths(
@@ -493,8 +529,12 @@ class BridgePlugin:
         try:
             sandbox = self.open_netns(req)
         except CniError as exc:
-            if exc.code == Code.UNKNOWN_CONTAINER:
-                return  # the netns is gone, and the veth pair with it
+            # Gone, or a plain file where it was (INVALID_ENV: not a netns): `ip netns del` and
+            # the runtimes unmount a netns before they unlink its file, and one interrupted in
+            # between leaves the file. Either way the netns died and took the veth pair with
+            # it; failing here would fail every retry of this DEL and never release the rest.
+            if exc.code in (Code.UNKNOWN_CONTAINER, Code.INVALID_ENV):
+                return
             raise
         with sandbox, cni_errors(f"deleting {req.ifname} in {req.netns}"):
             pod = links.get(sandbox.ipr, req.ifname)
@@ -506,7 +546,10 @@ class BridgePlugin:
         from loxicni.plugin.check import check
 
         cfg = load_config(req)
-        with attachment_lock(cfg.network, req.container_id, req.ifname):
+        with attachment_lock(cfg.network, req.container_id, req.ifname) as lock:
+            self.still_wanted(
+                lock, naming.attachment_key(cfg.network, req.container_id, req.ifname)
+            )
             held = Ipam(req, cfg.ipam_type).check()
             with cni_errors("CHECK"), Rtnl() as host, self.open_netns(req) as sandbox:
                 check(req, cfg, held, host, sandbox)
@@ -516,7 +559,7 @@ class BridgePlugin:
 
         cfg = load_config(req)
         with cni_errors("GC"):
-            collect(req, cfg)
+            collect(req, cfg, self.still_wanted)
 
     def status(self, req: Request) -> None:
         cfg = load_config(req)

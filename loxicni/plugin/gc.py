@@ -9,15 +9,16 @@ lock).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from loxicni.base import files
+from loxicni.base import faults, files
 from loxicni.base.logs import get_logger
 from loxicni.cni.errors import CniError, Code
 from loxicni.cni.request import Request
 from loxicni.net import links, masq
 from loxicni.net.rtnl import Rtnl
-from loxicni.plugin import hostveth, naming, records
+from loxicni.plugin import hostveth, locks, naming, records
 from loxicni.plugin.config import BridgeConfig
 from loxicni.plugin.ipam import Ipam
 from loxicni.plugin.locks import attachment_lock
@@ -54,12 +55,18 @@ def _written_since(key: str, started_ns: int) -> bool:
         return False
 
 
-def collect(req: Request, cfg: BridgeConfig) -> None:
+def collect(
+    req: Request, cfg: BridgeConfig, still_wanted: Callable[[], None] | None = None
+) -> None:
     """Tear down each stale attachment under its own lock (masquerade, host veths, record,
     lock file); then the IPAM releases every reservation that no valid attachment holds,
     including ones the reference plugin made, except those GC keeps: added while it ran, or
-    of an attachment whose record cannot be read (quarantined: nothing of it is touched)."""
+    of an attachment whose record cannot be read (quarantined: nothing of it is touched).
+    ``still_wanted`` raises if the caller has given up: a GC run late would hold a valid
+    list older than the attachments added since."""
     started_ns = files.file_time_mark_ns()  # on the clock the kernel stamps files with
+    if still_wanted is not None:
+        still_wanted()  # after the mark: what the caller adds next is written later
     valid = valid_attachments(req.config)
     scan = records.scan()
     quarantined = {bad.key for bad in scan.unreadable}
@@ -90,9 +97,12 @@ def collect(req: Request, cfg: BridgeConfig) -> None:
                     links.delete(host, link.index)
                 records.remove(cfg.network, container_id, ifname)
                 lock.remove_on_release = True
+                faults.step("gc-attachment")
 
     def held(container_id: str, ifname: str) -> bool:
         key = naming.attachment_key(cfg.network, container_id, ifname)
         return (container_id, ifname) in kept or key in quarantined
 
+    faults.step("gc-ipam")
     Ipam(req, cfg.ipam_type).gc(valid, started_ns, held)
+    locks.remove_unused(records.exists)  # those of calls killed before they let go

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,9 +73,15 @@ def held(key: str) -> bool:
         os.close(fd)
 
 
-def remove_free() -> list[str]:
-    """Remove the lock files no call holds (an uninstall, once every attachment is gone); a
-    held one stays. Each is removed while held here, as its own holder would remove it."""
+def remove_unused(in_use: Callable[[str], bool]) -> list[str]:
+    """Remove the lock files of attachments for which ``in_use(key)`` is False; their keys.
+
+    A call that dies between tearing its attachment down and releasing the lock (GC, the
+    agent's reconcile, killed there) leaves a lock file no later call will look for: nothing
+    of its attachment is left to find it by. Each file is taken without waiting: a held lock
+    is in use, and one taken here and unlinked is noticed by anyone who opened it before
+    (see ``attachment_lock``), so the sweep never races a live call.
+    """
     removed: list[str] = []
     try:
         entries = list(os.scandir(paths.locks_dir()))
@@ -87,12 +93,16 @@ def remove_free() -> list[str]:
         except FileNotFoundError:
             continue
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            if os.stat(entry.path).st_ino == os.fstat(fd).st_ino:
-                os.unlink(entry.path)
-                removed.append(entry.name)
-        except (BlockingIOError, FileNotFoundError):
-            pass
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            if os.stat(entry.path).st_ino != os.fstat(fd).st_ino or in_use(entry.name):
+                continue
+            os.unlink(entry.path)
+            removed.append(entry.name)
+        except FileNotFoundError:
+            continue
         finally:
             os.close(fd)
     return removed

@@ -145,18 +145,30 @@ def _path(key: str) -> Path:
     return _dir() / f"{key}.json"
 
 
+def _temp_path(key: str) -> Path:
+    # One temporary name per record: every save holds the attachment's lock, so a save
+    # killed before its rename leaves a file that the next save replaces and the record's
+    # removal takes along, instead of one that waits for an agent start to find it stale.
+    return _dir() / files.fixed_temp_name(f"{key}.json")
+
+
 def save(record: Record) -> None:
-    """Write atomically: a reader never sees half a record."""
+    """Write atomically: a reader never sees half a record. The attachment's lock is held."""
     directory = _dir()
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     record.schema = SCHEMA
     # Shallow: asdict would deep-copy the config, which json.dumps only reads.
     doc = {f.name: getattr(record, f.name) for f in fields(Record)}
-    files.write_atomic(_path(record.key), json.dumps(doc).encode())
+    files.write_atomic(
+        _path(record.key), json.dumps(doc).encode(), temp_path=_temp_path(record.key)
+    )
 
 
 def remove(network: str, container_id: str, ifname: str) -> None:
-    _path(attachment_key(network, container_id, ifname)).unlink(missing_ok=True)
+    """Remove the record (and what a save killed mid-write left). The lock is held."""
+    key = attachment_key(network, container_id, ifname)
+    _path(key).unlink(missing_ok=True)
+    _temp_path(key).unlink(missing_ok=True)
 
 
 def mtime_ns(key: str) -> int:

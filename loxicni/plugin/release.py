@@ -62,7 +62,12 @@ def release(
                 current = records.load(record.key)
             except records.Unreadable as exc:
                 return Outcome(CHANGED, str(exc))
-            if current is None or current.generation != record.generation:
+            if current is None:
+                # Gone already (its DEL won the race): nothing is left but the lock file, which
+                # this call made anew; remove it, or it stays in the run dir until a reboot.
+                lock.remove_on_release = True
+                return Outcome(CHANGED)
+            if current.generation != record.generation:
                 return Outcome(CHANGED)
             if still is not None and not still(current):
                 return Outcome(CHANGED)

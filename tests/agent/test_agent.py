@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -19,6 +20,7 @@ from typing import Any
 from tests.agent.harness import Agent
 from tests.integration.conftest import Call, Net, holding_store_lock, links_of_bridge, run_plugin
 from tests.support.plugin import PLUGIN, agent_status
+from tests.support.waiting import wait_for
 
 
 def test_requests_are_served_by_the_agent(agent: Agent, net: Net) -> None:
@@ -172,7 +174,8 @@ def test_crash_mid_add_and_dead_netns_are_reconciled(agent: Agent, net: Net) -> 
     for p in (a, c):
         assert net.call("DEL", p, conf, env=agent.env).rc == 0
     assert net.reservations() == {} and links_of_bridge(net.bridge) == []
-    assert agent.status()["attachments"] == 0
+    # Each record goes once its veth is deleted, after the DEL has answered.
+    wait_for("no attachment", lambda: agent.status()["attachments"] == 0, timeout=10)
 
 
 def test_kill_9_during_a_storm_never_hangs_and_leaks_nothing(agent: Agent, net: Net) -> None:
@@ -207,8 +210,50 @@ def test_kill_9_during_a_storm_never_hangs_and_leaks_nothing(agent: Agent, net: 
         assert net.call("DEL", p, conf, env=env).rc == 0
     assert net.reservations() == {}
     assert links_of_bridge(net.bridge) == []
-    assert agent.status()["attachments"] == 0
+    # Each record goes once its veth is deleted, after the DEL has answered.
+    wait_for("no attachment", lambda: agent.status()["attachments"] == 0, timeout=10)
     assert list(agent.state_dir.glob("attachments/*")) == []
+
+
+def _served(agent: Agent, n: int) -> None:
+    """Until the agent has answered ``n`` CNI requests (queued ones included)."""
+    deadline = time.monotonic() + 20
+    while agent.status()["requestsServed"] < n:
+        assert time.monotonic() < deadline, agent.status()
+        time.sleep(0.05)
+
+
+def test_requests_their_clients_gave_up_on_are_not_run(agent: Agent, net: Net) -> None:
+    """A frozen agent's clients time out (11) and the runtime goes on in-process: DEL, then
+    ADD again. The agent, thawed, must not run the ADD and DEL it was sent before: the first
+    would leak an attachment, the second would tear down the pod added since (found by the
+    chaos run, tests/chaos, seed 6 with 1500 calls)."""
+    conf = net.conf()
+    ghost, live = net.pod(), net.pod()
+    quick = {**agent.env, "LOXI_CNI_TIMEOUT": "1"}
+    in_process = {**agent.env, "LOXI_CNI_NO_AGENT": "1"}
+    assert net.call("ADD", live, conf, env=agent.env).rc == 0
+    assert agent.proc is not None
+    agent.proc.send_signal(signal.SIGSTOP)
+    try:
+        assert net.call("ADD", ghost, conf, env=quick).json["code"] == 11
+        assert net.call("DEL", ghost, conf, env=in_process).rc == 0
+        assert net.call("DEL", live, conf, env=quick).json["code"] == 11
+        assert net.call("DEL", live, conf, env=in_process).rc == 0
+        again = net.call("ADD", live, conf, env=in_process)
+        assert again.rc == 0
+    finally:
+        agent.proc.send_signal(signal.SIGCONT)
+    _served(agent, 3)  # the first ADD and the two requests nobody waits for any more
+    address = again.json["ips"][0]["address"].split("/")[0]
+    assert set(net.reservations()) == {address}  # nothing of the ghost ADD
+    assert links_of_bridge(net.bridge) == [again.json["interfaces"][1]["name"]]
+    assert live.sh("ip", "-o", "addr", "show", "dev", "eth0").stdout.count(address) == 1
+    assert net.call("CHECK", live, {**conf, "prevResult": again.json}, env=agent.env).rc == 0
+    assert net.call("DEL", live, conf, env=agent.env).rc == 0
+    assert net.reservations() == {}
+    # The veth is deleted after the answer; its record goes when it has.
+    wait_for("the record to go", lambda: not list(agent.records_dir.iterdir()), timeout=10)
 
 
 def test_fallback_without_agent_shares_state(tmp_path: Path, net: Net) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import subprocess
+import time
 
 from .conftest import Net, host_links, links_of_bridge
 
@@ -88,6 +89,24 @@ def test_del_after_netns_is_gone_releases_everything(net: Net) -> None:
     assert net.call("DEL", pod, conf, netns="").rc == 0
     assert host_name not in host_links()
     assert net.reservations() == {}
+
+
+def test_del_when_the_netns_path_is_left_as_a_plain_file_releases_everything(net: Net) -> None:
+    """`ip netns del` and runtimes unmount a netns before they unlink its file; one killed in
+    between leaves a plain file at CNI_NETNS. DEL must still succeed (found by the chaos run,
+    tests/chaos, racing a DEL with a netns deletion)."""
+    conf = net.conf()
+    pod = net.pod()
+    res = net.call("ADD", pod, conf)
+    assert res.rc == 0
+    host_name = res.json["interfaces"][1]["name"]
+    subprocess.run(["umount", pod.path], check=True)  # the file stays; the netns dies
+    deadline = time.monotonic() + 10
+    while host_name in host_links() and time.monotonic() < deadline:
+        time.sleep(0.05)  # the kernel destroys the netns, and the pair, asynchronously
+    assert net.call("DEL", pod, conf).rc == 0
+    assert net.reservations() == {}
+    assert net.call("ADD", pod, conf).json["code"] == 4  # ADD still says what is wrong
 
 
 def test_del_with_empty_netns_while_pod_lives_removes_host_veth(net: Net) -> None:

@@ -151,3 +151,26 @@ def _until(check: Callable[[], bool]) -> bool:
     while not check():
         threading.Event().wait(0.02)
     return True
+
+
+def test_a_failed_follow_up_is_tried_again_until_it_succeeds(
+    ours: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What follows a background deletion (dropping the attachment's record) may fail while
+    the state fs is read-only for a while; the DEL has answered, so the reaper must retry
+    (found by the chaos run, tests/chaos, on a read-only state fs)."""
+    monkeypatch.setattr(reaper, "FOLLOW_UP_RETRY", 0.05)
+    attempts: list[int] = []
+    done = threading.Event()
+
+    def follow_up() -> None:
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise OSError(errno.EROFS, "Read-only file system")
+        done.set()
+
+    deleter = LinkReaper()
+    with Rtnl() as ipr:
+        assert deleter.delete_later(ipr, index_of(ipr, ours[0]), [], follow_up)
+    assert done.wait(10), attempts
+    assert len(attempts) == 3 and not present(ours[0])
