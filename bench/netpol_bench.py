@@ -158,6 +158,7 @@ def policy(j: int) -> dict[str, Any]:
 
 def rr_policies() -> list[dict[str, Any]]:
     """The two real pods isolated both ways, and allowed to talk."""
+
     def np(name: str, spec: dict[str, Any]) -> dict[str, Any]:
         return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
                 "metadata": {"name": name, "namespace": "np0"}, "spec": spec}  # fmt: skip

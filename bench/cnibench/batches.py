@@ -11,15 +11,18 @@ from concurrent.futures import ThreadPoolExecutor
 from .calls import Attachment, describe, exec_plugin
 from .errors import BenchError
 from .modes import Mode
+from .probes import children_cpu_seconds
 from .settings import AGENT_MIN_CPU_PER_CALL
 
 
 def batch(
     mode: Mode, command: str, atts: Sequence[Attachment], concurrency: int
-) -> tuple[list[float], float]:
-    """Run one verb for every attachment, ``concurrency`` at a time: (latencies, wall time).
+) -> tuple[list[float], float, float]:
+    """Run one verb for every attachment, ``concurrency`` at a time: (latencies, wall time,
+    CPU seconds of every process involved: the execs, what they ran, and the agent).
 
-    ADD results are kept for DEL's prevResult (libcni sends the cached result, so do we).
+    ADD results are kept for DEL's prevResult (libcni sends the cached result, so do we). The
+    modes never run at the same time, so the CPU counted around the batch is all its own.
     """
     base = mode.conf()
     stdins: list[bytes] = []
@@ -29,12 +32,16 @@ def batch(
     if mode.agent:
         mode.agent.check_alive()
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        cpu0 = children_cpu_seconds() + (mode.agent.cpu_seconds() if mode.agent else 0.0)
         start = time.perf_counter()
         futures = [
             pool.submit(exec_plugin, mode, command, a, s) for a, s in zip(atts, stdins, strict=True)
         ]
         calls = [f.result() for f in futures]
         wall = time.perf_counter() - start
+        if mode.agent and command == "DEL":
+            time.sleep(0.2)  # the agent deletes veths after answering: count that work too
+        cpu = children_cpu_seconds() + (mode.agent.cpu_seconds() if mode.agent else 0.0) - cpu0
     failures: list[str] = []
     seen: dict[str, str] = {}
     for att, call in zip(atts, calls, strict=True):
@@ -64,7 +71,7 @@ def batch(
         mode.agent.check_alive()
         mode.requests += len(atts)
         check_agent_served(mode)
-    return [c.seconds for c in calls], wall
+    return [c.seconds for c in calls], wall, cpu
 
 
 def check_agent_served(mode: Mode) -> None:

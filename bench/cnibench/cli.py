@@ -39,6 +39,10 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--via", choices=["agent", "standalone"], default="agent", help="what --cycles goes through"
     )
+    p.add_argument(
+        "--plot", default="", metavar="PNG", help="also write the latency CDFs to this PNG file"
+    )
+    p.add_argument("--no-version", action="store_true", help="skip the VERSION exec timing")
     p.add_argument("--plugin", default=PLUGIN)
     p.add_argument("--reference-dir", default=REFERENCE_DIR)
     args = p.parse_args(argv)

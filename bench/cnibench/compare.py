@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 from .batches import batch
 from .errors import AgentUnavailable
 from .leaks import check_clean
 from .modes import Mode
+from .plot import cdf_png
 from .report import report
 from .session import bench_session, require_root_and_binaries
 from .stats import Measured, Samples, harness_floor
+from .version_exec import version_p50
 
 
 def compare(args: argparse.Namespace) -> int:
@@ -48,8 +51,8 @@ def compare(args: argparse.Namespace) -> int:
                 for mode in order:
                     atts = bench.attachments(mode, netns)
                     for verb in ("ADD", "DEL"):
-                        lat, wall = batch(mode, verb, atts, level)
-                        samples.setdefault((mode.key, level, verb), Samples()).add(lat, wall)
+                        lat, wall, cpu = batch(mode, verb, atts, level)
+                        samples.setdefault((mode.key, level, verb), Samples()).add(lat, wall, cpu)
                     check_clean(mode, f"round {rnd + 1}, {level} at once")
             print(
                 f"round {rnd + 1}/{args.rounds} done ({time.monotonic() - started:.0f} s)",
@@ -63,6 +66,12 @@ def compare(args: argparse.Namespace) -> int:
                     f"; agent CPU {used / mode.requests * 1000:.2f} ms per call, "
                     f"RSS {mode.agent.rss_kib()[1] / 1024:.0f} MiB"
                 )
+    version: dict[str, float] | None = None
+    if "ref" in keys and not args.no_version:
+        version = version_p50({"ref": f"{args.reference_dir}/bridge", "ours": args.plugin})
     print()
-    print(report(keys, samples, args, floor, agent_note, agent_cpu, time.monotonic() - started))
+    seconds = time.monotonic() - started
+    print(report(keys, samples, args, floor, agent_note, agent_cpu, seconds, version))
+    if args.plot:
+        print(f"\nlatency CDFs: {cdf_png(samples, keys, args.levels, Path(args.plot))}")
     return 0

@@ -10,7 +10,7 @@ from .settings import CNI_VERSION, TITLES
 from .stats import Measured, measured
 from .targets import targets
 
-METRICS = (("p50", "p50 ms"), ("p99", "p99 ms"), ("ops", "ops/s"))
+METRICS = (("p50", "p50 ms"), ("p99", "p99 ms"), ("ops", "ops/s"), ("cpu", "CPU ms/call"))
 
 
 def fmt(value: float) -> str:
@@ -27,6 +27,7 @@ def report(
     agent_note: str,
     agent_cpu: str,
     seconds: float,
+    version: dict[str, float] | None = None,
 ) -> str:
     """The markdown to paste into the README: header, table, notes, the agent targets."""
     ours = [k for k in keys if k != "ref"]
@@ -63,11 +64,14 @@ def report(
                 lines.append("| " + " | ".join(row) + " |")
     lines += [
         "",
-        "Ratios are ours/reference: below 1x is better for latency (ms), above 1x for "
-        f"throughput (calls completed / batch wall time). Exec'ing /bin/true the same way costs "
-        f"{floor:.2f} ms (p50, one at a time){agent_cpu}.",
+        "Ratios are ours/reference: below 1x is better for latency (ms) and CPU, above 1x for "
+        "throughput (calls completed / batch wall time). CPU ms/call: user + system time of "
+        "every process a call involves (the exec'd plugin and what it runs, from the bench's "
+        "reaped-children usage; the agent, from /proc, including the veth deletions it does "
+        f"after answering). Exec'ing /bin/true the same way costs {floor:.2f} ms (p50, one at a "
+        f"time){agent_cpu}.",
     ]
     if agent_note:
         lines += ["", f"**{agent_note}**"]
-    lines += targets(samples)
+    lines += targets(samples, version)
     return "\n".join(lines)

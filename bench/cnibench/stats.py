@@ -25,17 +25,21 @@ class Samples:
     latencies: list[float] = field(default_factory=list)
     calls: int = 0
     wall: float = 0.0
+    cpu: float = 0.0  # seconds, every process involved
 
-    def add(self, latencies: list[float], wall: float) -> None:
+    def add(self, latencies: list[float], wall: float, cpu: float = 0.0) -> None:
         self.latencies += latencies
         self.calls += len(latencies)
         self.wall += wall
+        self.cpu += cpu
 
     def metric(self, name: str) -> float:
         if name == "p50":
             return percentile(self.latencies, 50) * 1000
         if name == "p99":
             return percentile(self.latencies, 99) * 1000
+        if name == "cpu":
+            return self.cpu / self.calls * 1000 if self.calls else float("nan")
         return self.calls / self.wall if self.wall else float("nan")
 
 
