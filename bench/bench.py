@@ -11,7 +11,7 @@ Every call is a fresh exec of the plugin with the CNI env and the config on stdi
 does it (a thread pool, one subprocess per call, wall time measured around the exec). Pods are
 network namespaces made before any timing. Modes rotate round by round so that drift (other load,
 page cache, thermal) hits all of them alike; ratios from one run are what to compare, never
-absolute times across runs (../shared/design/FACTS.md).
+absolute times across runs.
 
 Usage (as root; ``make bench`` runs the default)::
 
