@@ -83,9 +83,10 @@ clean:
 .PHONY: bench bench-cni bench-cluster bench-netpol
 bench: bench-cni bench-cluster bench-netpol
 
-bench-cni: install
-	$$(test -x $(DEV_VENV)/bin/python && echo $(DEV_VENV)/bin/python || echo $(PYTHON)) \
-		bench/bench.py $(BENCH_ARGS)
+# The latency CDFs of a `make bench-cni` comparison are drawn here (the README shows this file).
+BENCH_PLOT ?= bench/results/latency-cdf.png
+bench-cni: install dev
+	$(DEV_VENV)/bin/python bench/bench.py --plot $(BENCH_PLOT) $(BENCH_ARGS)
 
 bench-cluster: install dev k8s-deps
 	LOXI_CNI_BIN=$(CNI_BIN_DIR)/loxi-cni $(DEV_VENV)/bin/python bench/cluster_bench.py \

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import ipaddress
 import json
 import os
@@ -31,9 +30,9 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from loxicni.base import faults, files
+from loxicni.base.digest import sha256_hex
 from loxicni.cni.errors import CniError, Code
 from loxicni.cni.types import IPAddress
-from loxicni.ipam.dirwatch import DirWatch
 
 LOCK_NAME = "lock"
 LAST_RESERVED_PREFIX = "last_reserved_ip."
@@ -326,7 +325,7 @@ class Store:
 
     def _index_path(self, container_id: str, ifname: str) -> Path:
         key = f"{container_id.strip()}\n{ifname}".encode("utf-8", "surrogateescape")
-        return self.index_dir / hashlib.sha256(key).hexdigest()
+        return self.index_dir / sha256_hex(key)
 
     def _index_read(self, container_id: str, ifname: str) -> list[IPAddress] | None:
         """The attachment's indexed addresses; None if there is no usable entry."""
@@ -451,6 +450,8 @@ def enable_cache() -> None:
 
 class _Cache:
     def __init__(self, directory: Path) -> None:
+        from loxicni.ipam.dirwatch import DirWatch  # ctypes: only a caching process pays it
+
         self.watch = DirWatch(str(directory))  # before the first scan: no change goes unseen
         self.entries: dict[str, str] | None = None  # None: read the directory again
         self.touched: set[str] = set()

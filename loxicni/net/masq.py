@@ -49,7 +49,6 @@ digest of it (``sha256:<16 hex>``); container ID and ifname stay readable becaus
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -69,6 +68,7 @@ from typing import NamedTuple
 from urllib.parse import quote, unquote
 
 from loxicni.base import paths
+from loxicni.base.digest import sha256_hex
 from loxicni.net.nft import NO_SUCH, NftError, failed, run, run_checked
 
 TABLE = "loxi-cni"
@@ -258,7 +258,7 @@ def delete_table_if_unused() -> bool:
 
 def _net_digest(network: str) -> str:
     # ":" never survives quote(safe=""), so a digest cannot collide with an encoded name.
-    return "sha256:" + hashlib.sha256(network.encode()).hexdigest()[:16]
+    return "sha256:" + sha256_hex(network.encode())[:16]
 
 
 def _tag(network: str, container_id: str, ifname: str) -> str:

@@ -10,8 +10,6 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from loxicni.base import bundle
-
 if TYPE_CHECKING:
     import subprocess  # imported where nft runs: ~3 ms with shutil, at every start otherwise
 
@@ -33,6 +31,8 @@ class NftError(Exception):
 def nft_command() -> list[str]:
     """The nft of the self-contained tree we run from (the image, or the tree the DaemonSet
     installs on the host: the nft it was built and tested with), else the host's."""
+    from loxicni.base import bundle  # only where nft runs
+
     tree = bundle.running()
     if tree is not None:
         return tree.command(tree.nft)

@@ -8,8 +8,7 @@
 
 from __future__ import annotations
 
-import hashlib
-
+from loxicni.base.digest import sha256_hex
 from loxicni.cni.names import IFNAME_MAX_BYTES
 
 CANDIDATES = 8
@@ -19,7 +18,7 @@ ALIAS_PREFIX = "loxi-cni"
 def attachment_key(network: str, container_id: str, ifname: str) -> str:
     """A file-name-safe key, the same for every call about one attachment."""
     ident = f"{network}\0{container_id}\0{ifname}".encode("utf-8", "surrogateescape")
-    return hashlib.sha256(ident).hexdigest()[:32]
+    return sha256_hex(ident)[:32]
 
 
 def alias(network: str, container_id: str, ifname: str) -> str:
@@ -41,5 +40,5 @@ def candidates(prefix: str, network: str, container_id: str, ifname: str) -> lis
     out = []
     for salt in range(CANDIDATES):
         ident = f"{network}\0{container_id}\0{ifname}\0{salt}".encode("utf-8", "surrogateescape")
-        out.append(prefix + hashlib.sha256(ident).hexdigest()[:width])
+        out.append(prefix + sha256_hex(ident)[:width])
     return out
