@@ -75,8 +75,11 @@ print(json.dumps(conf))
 PY
 CNI_COMMAND=CHECK CNI_CONTAINERID=demo-loxi-demo-a CNI_NETNS=/var/run/netns/loxi-demo-a \
   CNI_IFNAME=eth0 CNI_PATH=/opt/cni/bin "$PLUGIN" <"$DATA/check-conf" && echo "CHECK ok"
-step "a second ADD of eth0 into pod a is refused"
-cni ADD loxi-demo-a || true
+step "the same ADD again (a runtime retrying) answers with the first result; nothing new made"
+cni ADD loxi-demo-a | head -c 160; echo " ..."
+step "another container's eth0 into pod a's netns is refused: the interface exists (code 101)"
+CNI_COMMAND=ADD CNI_CONTAINERID=demo-intruder CNI_NETNS=/var/run/netns/loxi-demo-a CNI_IFNAME=eth0 \
+  CNI_PATH=/opt/cni/bin:/usr/lib/cni "$PLUGIN" <<<"$(conf)" || true
 echo
 for pod in "${PODS[@]}"; do
   step "DEL $pod (twice: DEL is idempotent)"
