@@ -48,7 +48,6 @@ digest of it (``sha256:<16 hex>``); container ID and ifname stay readable becaus
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -67,7 +66,7 @@ from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import quote, unquote
 
-from loxicni.base import paths
+from loxicni.base import filelock, paths
 from loxicni.base.digest import sha256_hex
 from loxicni.net.nft import NO_SUCH, NftError, failed, run, run_checked
 
@@ -360,20 +359,7 @@ def _locked(remove: bool = False) -> Iterator[None]:
     file notices and retries on a fresh one."""
     lock = Path(paths.nft_lock())
     lock.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                current = os.stat(lock).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                current = False
-        except BaseException:
-            os.close(fd)
-            raise
-        if current:
-            break
-        os.close(fd)
+    fd = filelock.acquire(lock)
     try:
         yield
     finally:

@@ -93,6 +93,22 @@ def netns_fence(netns_fd: int, ifname: str) -> Hashable:
     return ("netns", st.st_dev, st.st_ino, ifname)
 
 
+def _new_record(req: Request, cfg: BridgeConfig) -> records.Record:
+    """A fresh record of the attachment ``req`` names (state "adding")."""
+    return records.Record(
+        network=cfg.network,
+        container_id=req.container_id,
+        ifname=req.ifname,
+        netns=req.netns,
+        config=req.config,
+        cni_args=req.args_string(),
+        cni_path=list(req.path),
+        bridge=cfg.bridge,
+        vlan=cfg.vlan,
+        generation=records.new_generation(),
+    )
+
+
 def _forget_deleted(network: str, container_id: str, ifname: str, generation: str) -> None:
     """After a background deletion: drop the "deleting" record, unless an ADD has replaced
     it since (under the lock, so never in the middle of one)."""
@@ -196,18 +212,7 @@ class BridgePlugin:
             # without a DEL: finish tearing it down first, so nothing of it leaks.
             log.info("ADD: tearing down the remains of an earlier attachment first")
             self.teardown_locked(req, cfg, host, pod_link=False)
-        record = records.Record(
-            network=cfg.network,
-            container_id=req.container_id,
-            ifname=req.ifname,
-            netns=req.netns,
-            config=req.config,
-            cni_args=req.args_string(),
-            cni_path=list(req.path),
-            bridge=cfg.bridge,
-            vlan=cfg.vlan,
-            generation=records.new_generation(),
-        )
+        record = _new_record(req, cfg)
         undo = Undo()
         try:
             records.save(record)
@@ -500,15 +505,7 @@ class BridgePlugin:
         reconcile), take its host veths out of service and hand them to the reaper."""
         assert self.reaper is not None
         if record is None:
-            record = records.Record(
-                network=cfg.network,
-                container_id=req.container_id,
-                ifname=req.ifname,
-                netns=req.netns,
-                config=req.config,
-                cni_args=req.args_string(),
-                cni_path=list(req.path),
-            )
+            record = _new_record(req, cfg)
         record.state = records.DELETING
         record.generation = records.new_generation()
         record.host_veth = veths[0].name

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from loxicni.base import paths
+from loxicni.base import filelock, paths
 from loxicni.plugin.naming import attachment_key
 
 
@@ -32,20 +32,7 @@ def attachment_lock(network: str, container_id: str, ifname: str) -> Iterator[He
     """Hold the attachment's lock; set ``remove_on_release`` to delete the lock file after."""
     path = lock_path(network, container_id, ifname)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                current = os.stat(path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                current = False
-        except BaseException:
-            os.close(fd)
-            raise
-        if current:
-            break
-        os.close(fd)
+    fd = filelock.acquire(path)
     held = HeldLock()
     try:
         yield held
