@@ -259,7 +259,11 @@ class Controller:
                 self.orphan_since.pop(att.key, None)
                 uid = pod.uid if pod is not None else att.pod.uid
                 if uid:
-                    policies = self.policies_of(uid) if self.policies_of is not None else None
+                    # Policy knows a pod by the runtime's UID (a static pod's, not its mirror's).
+                    policy_uid = att.pod.uid or uid
+                    policies = (
+                        self.policies_of(policy_uid) if self.policies_of is not None else None
+                    )
                     plan.desired[where] = attachments.resource_body(
                         att, self.options.node_name, uid, policies=policies
                     )

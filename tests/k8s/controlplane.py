@@ -628,6 +628,8 @@ class ControlPlane:
             "volumePluginDir": str(work / "volume-plugins"),
             "resolvConf": "/etc/resolv.conf",
             "hairpinMode": "none",
+            # Static pods: manifests the kubelet runs itself, with a mirror Pod in the API.
+            "staticPodPath": str(self.static_pod_dir(node)),
             # Else it adds KUBE-FIREWALL (a DROP rule in INPUT/OUTPUT) and canary chains to the
             # host's iptables and keeps them: kube-proxy's business, not a test's.
             "makeIPTablesUtilChains": False,
@@ -640,6 +642,7 @@ class ControlPlane:
             "imageGCHighThresholdPercent": 100,
             "imageGCLowThresholdPercent": 99,
         }
+        self.static_pod_dir(node).mkdir()
         (work / "config.json").write_text(json.dumps(config, indent=2))
         # cgroupfs wants the root in every hierarchy before it starts.
         for hierarchy in Path("/sys/fs/cgroup").iterdir():
@@ -670,6 +673,10 @@ class ControlPlane:
         if pod_cidrs:
             patch = {"spec": {"podCIDR": pod_cidrs[0], "podCIDRs": list(pod_cidrs)}}
             self.kubectl("patch", "node", node, "--type=merge", "-p", json.dumps(patch))
+
+    def static_pod_dir(self, node: str) -> Path:
+        """Where the kubelet of ``node`` finds its static pod manifests."""
+        return self.work_dir / f"kubelet-{node}" / "manifests"
 
     def stop_kubelet(self, node: str) -> None:
         """Stop the kubelet and undo its host changes: mounts under its root dir, its cgroups

@@ -335,6 +335,68 @@ def test_kubelet_runs_pods_on_loxi_cni(node: Node) -> None:
     assert status["requestsServed"] >= len(node.calls()) >= 4
 
 
+def test_a_static_pod_is_matched_to_its_mirror_and_keeps_its_network(node: Node) -> None:
+    """A static pod runs under its config hash (the UID the kubelet passes in K8S_POD_UID),
+    while its mirror Pod in the API has a UID of its own and the hash in an annotation: the
+    agent must see the mirror as that pod's (publish its interface, annotate it, apply the
+    policies selecting it without making the ADD wait), never take the attachment for an
+    orphan to release."""
+    cluster, cp = node.cluster, node.cluster.cp
+    policy = {
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "static-guard", "namespace": cluster.namespace},
+        "spec": {"podSelector": {"matchLabels": {"app": "static"}}, "policyTypes": ["Ingress"]},
+    }  # fmt: skip
+    cp.kubectl("apply", "-f", "-", input=json.dumps(policy))
+    manifest = busybox_pod("static", cluster.namespace, cluster.node, "sleep 3600")
+    manifest["metadata"]["labels"] = {"app": "static"}
+    del manifest["spec"]["nodeName"]  # the kubelet runs its static pods itself
+    path = cp.static_pod_dir(cluster.node) / "static.json"
+    path.write_text(json.dumps(manifest))
+    mirror_name = f"static-{cluster.node}"
+    try:
+        mirror = wait_pod_ready(cp, cluster.namespace, mirror_name)
+        config_hash = mirror["metadata"]["annotations"]["kubernetes.io/config.mirror"]
+        assert config_hash != mirror["metadata"]["uid"]
+        # The runtime's ADD carried the static pod's own UID, the hash.
+        records = [
+            json.loads(p.read_text()) for p in (cluster.state_dir / "attachments").glob("*.json")
+        ]
+        (record,) = [r for r in records if f"K8S_POD_NAME={mirror_name}" in r["cni_args"]]
+        assert f"K8S_POD_UID={config_hash}" in record["cni_args"]
+
+        # Published for the mirror Pod, owned by it, and its network-status written.
+        def published() -> dict[str, Any] | None:
+            pni = cluster.interfaces().get(mirror_name)
+            status = (pni or {}).get("status", {})
+            selected = (status.get("policies") or {}).get("ingress") == ["static-guard"]
+            return pni if status.get("state") == "Ready" and selected else None
+
+        pni = wait_for("the static pod's PodNetworkInterface, naming its policy", published)
+        owners = [o["uid"] for o in pni["metadata"]["ownerReferences"]]
+        assert owners == [mirror["metadata"]["uid"]]
+        assert wait_for("its network-status", lambda: cluster.network_status(mirror_name))
+        # The ADD found its pod in the policy view at once (the mirror, by the static UID).
+        assert f"{mirror_name}: ADD answered before" not in cluster.log.read_text()
+        # Never an orphan: a resync later, nothing is counted for release, the pod still holds
+        # its addresses.
+        time.sleep(3)
+        assert cluster.status()["kubernetes"]["orphans"] == 0
+        assert {str(ipaddress.ip_interface(ip).ip) for ip in record["ips"]} == {
+            str(ipaddress.ip_address(ip["ip"])) for ip in mirror["status"]["podIPs"]
+        }
+    finally:
+        path.unlink(missing_ok=True)
+        cp.kubectl("delete", "networkpolicy", "static-guard", "-n", cluster.namespace)
+
+    def gone() -> bool:
+        held = [c for c in cluster.reservations().values() if c == record_cid]
+        return not held and mirror_name not in cluster.interfaces()
+
+    record_cid = record["container_id"]
+    wait_for("the static pod's attachment released by the runtime's DEL", gone, timeout=90)
+
+
 def test_a_kubelet_pod_reaches_pods_on_simulated_nodes(node: Node, sim: SimCluster) -> None:
     """The kubelet node is one node of a cluster with simulated ones (--cross-node auto on
     every node): a Pod the kubelet runs reaches a pod on each simulated node, directly (the

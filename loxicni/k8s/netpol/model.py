@@ -21,6 +21,7 @@ from ipaddress import ip_address, ip_network
 from typing import Any
 
 from loxicni.k8s.netpol.selector import BadSelector, Selector
+from loxicni.k8s.pods import CONFIG_MIRROR
 
 INGRESS = "Ingress"
 EGRESS = "Egress"
@@ -150,7 +151,7 @@ def parse_policy(obj: Mapping[str, Any]) -> Policy:
 class PodView:
     """What policy needs of a Pod."""
 
-    uid: str
+    uid: str  # as the runtime knows it: a static pod's own UID, not its mirror's
     namespace: str
     name: str
     labels: tuple[tuple[str, str], ...]
@@ -187,8 +188,10 @@ def pod_view(pod: Any) -> PodView | None:
                 ips.append(str(ip_address(entry.ip)))
         if not ips and status.podIP:
             ips.append(str(ip_address(status.podIP)))
+    # The agent learns its pods' addresses from ADDs, under the UID the kubelet passed.
+    uid = (meta.annotations or {}).get(CONFIG_MIRROR) or meta.uid
     return PodView(
-        uid=str(meta.uid),
+        uid=str(uid),
         namespace=str(meta.namespace or "default"),
         name=str(meta.name),
         labels=tuple(sorted((meta.labels or {}).items())),
