@@ -100,6 +100,8 @@ def _status(args: argparse.Namespace) -> int:
     print(f"uptime: {info['uptimeSeconds']:.0f} s")
     print(f"requests served: {info['requestsServed']}")
     print(f"attachments held: {info['attachments']}")
+    if info.get("deletionsPending"):
+        print(f"deletions pending (DEL answered, veth going): {info['deletionsPending']}")
     for bad in info.get("quarantined", []):
         print(f"quarantined record (left untouched): {bad}")
     for network, count in sorted(info["addressesInUse"].items()):

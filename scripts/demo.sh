@@ -90,7 +90,7 @@ step "nothing left behind"
 left_veths=$(ip -br link show master "$BRIDGE" | wc -l)
 left_ips=$(find "$DATA/loxi-demo" -type f ! -name lock ! -name 'last_reserved_ip.*' | wc -l)
 echo "veths on $BRIDGE: $left_veths, address reservations: $left_ips"
-"$PLUGIN" status --socket "$LOXI_CNI_SOCKET" | grep attachments
+"$PLUGIN" status --socket "$LOXI_CNI_SOCKET" | grep -E "attachments|deletions"
 [ "$left_veths" -eq 0 ] && [ "$left_ips" -eq 0 ]
 step "the design notes' config (vlanID 100) on this kernel"
 CNI_COMMAND=ADD CNI_CONTAINERID=demo-vlan CNI_NETNS=/var/run/netns/loxi-demo-a CNI_IFNAME=eth1 \

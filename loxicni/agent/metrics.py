@@ -49,7 +49,13 @@ class Metrics:
         with self._lock:
             return sum(self.requests.values())
 
-    def render(self, attachments: int, pools: Iterable[PoolUsage], quarantined: int = 0) -> str:
+    def render(
+        self,
+        attachments: int,
+        pools: Iterable[PoolUsage],
+        quarantined: int = 0,
+        deleting: int = 0,
+    ) -> str:
         lines = [
             "# HELP loxi_cni_uptime_seconds Seconds since the agent started.",
             "# TYPE loxi_cni_uptime_seconds gauge",
@@ -86,6 +92,10 @@ class Metrics:
             "# HELP loxi_cni_attachments Attachments (pod interfaces) held on this node.",
             "# TYPE loxi_cni_attachments gauge",
             f"loxi_cni_attachments {attachments}",
+            "# HELP loxi_cni_deletions_pending Attachments DELeted whose host veth is still being"
+            " deleted.",
+            "# TYPE loxi_cni_deletions_pending gauge",
+            f"loxi_cni_deletions_pending {deleting}",
             "# HELP loxi_cni_quarantined_records Attachment records that cannot be read.",
             "# TYPE loxi_cni_quarantined_records gauge",
             f"loxi_cni_quarantined_records {quarantined}",

@@ -59,7 +59,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         scan = records.scan()
         body = self.server.metrics.render(
-            len(scan.records), state.pool_usage(scan), len(scan.unreadable)
+            len(scan.held), state.pool_usage(scan), len(scan.unreadable), scan.deleting
         ).encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/plain; version=0.0.4")

@@ -186,7 +186,8 @@ class AgentState:
             "pid": os.getpid(),
             "uptimeSeconds": round(time.time() - self.metrics.started, 3),
             "requestsServed": self.metrics.served(),
-            "attachments": len(scan.records),
+            "attachments": len(scan.held),
+            "deletionsPending": scan.deleting,
             "addressesInUse": state.addresses_per_network(scan),
             "quarantined": [f"{bad.key}: {bad.why}" for bad in scan.unreadable],
         }

@@ -90,7 +90,7 @@ def reconcile() -> ReconcileReport:
 def addresses_per_network(scan: records.Scan) -> dict[str, int]:
     """Addresses held by this node's attachments, per network (from the records)."""
     counts: Counter[str] = Counter()
-    for record in scan.records:
+    for record in scan.held:
         counts[record.network] += len(record.ips)
     return dict(counts)
 

@@ -204,6 +204,16 @@ class Scan:
     records: list[Record] = field(default_factory=list)
     unreadable: list[Unreadable] = field(default_factory=list)
 
+    @property
+    def held(self) -> list[Record]:
+        """Attachments a pod holds: not those whose DEL was answered (their address is free,
+        their retired veth about to go)."""
+        return [r for r in self.records if r.state != DELETING]
+
+    @property
+    def deleting(self) -> int:
+        return len(self.records) - len(self.held)
+
 
 def scan() -> Scan:
     """Every record, and every entry that is not one (reported, never skipped silently)."""

@@ -34,8 +34,13 @@ def test_requests_are_served_by_the_agent(agent: Agent, net: Net) -> None:
     assert during["attachments"] == 1
     assert during["addressesInUse"] == {net.name: 1}
     assert net.call("DEL", pod, conf, env=agent.env).rc == 0
+    # Answered: the pod holds nothing any more, though its retired veth may still be going.
     after = agent.status()
     assert after["requestsServed"] == 2 and after["attachments"] == 0
+    assert after["addressesInUse"] == {} and after["deletionsPending"] in (0, 1)
+    wait_for("the deletion to finish", lambda: agent.status()["deletionsPending"] == 0)
+    assert "loxi_cni_attachments 0" in agent.metrics()
+    assert "loxi_cni_deletions_pending 0" in agent.metrics()
     assert os.stat(agent.socket).st_mode & 0o777 == 0o600
 
 
