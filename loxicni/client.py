@@ -54,6 +54,10 @@ def _timeout() -> float:
         return DEFAULT_TIMEOUT
 
 
+def _time_left(deadline: float) -> float:
+    return max(deadline - time.monotonic(), 0.001)
+
+
 def call_agent(
     env: dict[str, str], stdin: bytes, path: str | None = None, timeout: float | None = None
 ) -> tuple[int, bytes]:
@@ -71,7 +75,7 @@ def call_agent(
         fd = _netns_fd(env)
         try:
             try:
-                sock.settimeout(max(deadline - time.monotonic(), 0.001))
+                sock.settimeout(_time_left(deadline))
                 if fd is None:
                     sock.sendall(payload)
                 else:
@@ -82,9 +86,9 @@ def call_agent(
             finally:
                 if fd is not None:
                     os.close(fd)
-            sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            sock.settimeout(_time_left(deadline))
             code, length = wire.response_header(_recv_exact(sock, wire.RESPONSE_HEAD))
-            sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            sock.settimeout(_time_left(deadline))
             return code, _recv_exact(sock, length)
         except (OSError, wire.FrameError) as exc:  # includes timeouts
             raise AgentLost(str(exc)) from exc

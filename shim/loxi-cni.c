@@ -319,32 +319,19 @@ static bool scan_number(struct scan *s)
 
 static bool scan_value(struct scan *s);
 
-static bool scan_object(struct scan *s)
+/* An object ('{', its members "key": value) or an array ('['), by its brackets. */
+static bool scan_container(struct scan *s, char open, char close)
 {
-	if (!eat(s, '{') || ++s->depth > 64) /* deep nesting is Python's to judge (recursion) */
+	if (!eat(s, open) || ++s->depth > 64) /* deep nesting is Python's to judge (recursion) */
 		return false;
-	if (!eat(s, '}')) {
+	if (!eat(s, close)) {
 		do {
-			if (!scan_string(s) || !eat(s, ':') || !scan_value(s))
+			if (open == '{' && (!scan_string(s) || !eat(s, ':')))
 				return false;
-		} while (eat(s, ','));
-		if (!eat(s, '}'))
-			return false;
-	}
-	s->depth--;
-	return true;
-}
-
-static bool scan_array(struct scan *s)
-{
-	if (!eat(s, '[') || ++s->depth > 64)
-		return false;
-	if (!eat(s, ']')) {
-		do {
 			if (!scan_value(s))
 				return false;
 		} while (eat(s, ','));
-		if (!eat(s, ']'))
+		if (!eat(s, close))
 			return false;
 	}
 	s->depth--;
@@ -367,9 +354,9 @@ static bool scan_value(struct scan *s)
 		return false;
 	switch (*s->p) {
 	case '{':
-		return scan_object(s);
+		return scan_container(s, '{', '}');
 	case '[':
-		return scan_array(s);
+		return scan_container(s, '[', ']');
 	case '"':
 		return scan_string(s);
 	case 't':
@@ -392,7 +379,7 @@ static bool version_config_ok(const char *in, size_t n)
 		return true;
 	struct scan s = {(const unsigned char *)in, (const unsigned char *)in + n, 0};
 	skip_ws(&s);
-	if (s.p >= s.end || *s.p != '{' || !scan_object(&s))
+	if (s.p >= s.end || *s.p != '{' || !scan_container(&s, '{', '}'))
 		return false;
 	skip_ws(&s);
 	return s.p == s.end;

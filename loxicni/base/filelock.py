@@ -27,3 +27,18 @@ def acquire(path: str | os.PathLike[str], mode: int = 0o600) -> int:
         if current:
             return fd
         os.close(fd)
+
+
+def try_acquire(path: str | os.PathLike[str]) -> int | None:
+    """The lock file at ``path`` if nobody holds it (its fd), None if someone does; never
+    waits, nor creates the file (FileNotFoundError)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd

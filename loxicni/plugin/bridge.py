@@ -8,11 +8,11 @@ attachment's lock from the first look at the kernel to the last change.
 from __future__ import annotations
 
 import errno
-import ipaddress
 import os
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, replace
 from functools import partial
+from typing import TYPE_CHECKING
 
 from loxicni.base import faults
 from loxicni.base.logs import get_logger, use_log_file
@@ -22,15 +22,17 @@ from loxicni.cni.result import result_from_json, result_to_json
 from loxicni.cni.types import DNS, Interface, IPConfig, Result
 from loxicni.net import ipconf, links, masq, sysctl
 from loxicni.net.netns import Netns
-from loxicni.net.reaper import LinkReaper
 from loxicni.net.rtnl import NetlinkError, Rtnl
 from loxicni.plugin import hostveth, naming, records
 from loxicni.plugin.config import BridgeConfig, parse_config
 from loxicni.plugin.errors import cni_errors
 from loxicni.plugin.ipam import Ipam
 from loxicni.plugin.locks import HeldLock, attachment_lock
-from loxicni.plugin.routes import container_routes, gateway_of, route_gateway
+from loxicni.plugin.routes import bridge_gateway, container_routes, gateway_of, route_gateway
 from loxicni.plugin.undo import Undo
+
+if TYPE_CHECKING:  # queue and heapq, which the reaper imports, only for the agent
+    from loxicni.net.reaper import LinkReaper
 
 log = get_logger(__name__)
 
@@ -91,6 +93,13 @@ def netns_fence(netns_fd: int, ifname: str) -> Hashable:
     """The fence of an interface name in one netns, whoever's attachment it was."""
     st = os.fstat(netns_fd)
     return ("netns", st.st_dev, st.st_ino, ifname)
+
+
+def _host_veths(host: Rtnl, req: Request, cfg: BridgeConfig, hint: str) -> list[links.Link]:
+    """The host veths of ``req``'s attachment; ``hint``: the name its record gives."""
+    return hostveth.find(
+        host, cfg.veth_prefix, cfg.network, req.container_id, req.ifname, hint=hint
+    )
 
 
 def _new_record(req: Request, cfg: BridgeConfig) -> records.Record:
@@ -259,14 +268,7 @@ class BridgePlugin:
             return None
         with cni_errors(f"looking up {req.ifname} in {req.netns}"):
             pod = links.get(sandbox.ipr, req.ifname)
-            veths = hostveth.find(
-                host,
-                cfg.veth_prefix,
-                cfg.network,
-                req.container_id,
-                req.ifname,
-                hint=earlier.host_veth,
-            )
+            veths = _host_veths(host, req, cfg, earlier.host_veth)
         if pod is None or not any(v.peer == pod.index for v in veths):
             return None
         result = result_from_json(earlier.result)
@@ -396,7 +398,7 @@ class BridgePlugin:
     ) -> None:
         with cni_errors(f"adding the gateway address to {bridge.name}"):
             for ip in ips:
-                gw = ipaddress.ip_interface(f"{gateway_of(ip)}/{ip.address.network.prefixlen}")
+                gw = bridge_gateway(ip)
                 if not ipconf.add_address(host, bridge.index, gw, dad=False):
                     continue  # already there: the common case costs one request
                 # The first gateway of this subnet: is another address of it on the bridge?
@@ -462,14 +464,7 @@ class BridgePlugin:
                 masq.remove_masquerade(cfg.network, req.container_id, req.ifname)
             faults.step("del-masq")
         with cni_errors("finding the host veth"):
-            veths = hostveth.find(
-                host,
-                cfg.veth_prefix,
-                cfg.network,
-                req.container_id,
-                req.ifname,
-                hint=record.host_veth if record is not None else "",
-            )
+            veths = _host_veths(host, req, cfg, record.host_veth if record is not None else "")
         if background and veths and self.reaper is not None:
             self._retire_veths(req, cfg, host, record, veths)
             faults.step("del-veth")

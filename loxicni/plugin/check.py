@@ -3,8 +3,6 @@ kept; the first difference is named in a CHECK_FAILED error."""
 
 from __future__ import annotations
 
-import ipaddress
-
 from loxicni.cni.errors import CniError, Code
 from loxicni.cni.request import Request
 from loxicni.cni.types import IPAddress
@@ -13,7 +11,7 @@ from loxicni.net.netns import Netns
 from loxicni.net.rtnl import Rtnl
 from loxicni.plugin import hostveth
 from loxicni.plugin.config import BridgeConfig
-from loxicni.plugin.routes import gateway_of, route_gateway
+from loxicni.plugin.routes import bridge_gateway, route_gateway
 
 
 def _fail(what: str) -> CniError:
@@ -86,6 +84,6 @@ def check(
     if cfg.is_gateway:
         on_bridge = ipconf.addresses(host, bridge.index)
         for ip in ours:
-            gw = ipaddress.ip_interface(f"{gateway_of(ip)}/{ip.address.network.prefixlen}")
+            gw = bridge_gateway(ip)
             if gw not in on_bridge:
                 raise _fail(f"bridge {cfg.bridge} lacks gateway address {gw}")

@@ -7,7 +7,6 @@ unlinked file notices and retries on a fresh one.
 
 from __future__ import annotations
 
-import fcntl
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -46,18 +45,13 @@ def held(key: str) -> bool:
     """Does a call hold the lock of the attachment ``key`` right now? Never waits. A lock
     file exists while its lock is held (only its holder removes it), so none means free."""
     try:
-        fd = os.open(Path(paths.locks_dir()) / key, os.O_RDONLY | os.O_CLOEXEC)
+        fd = filelock.try_acquire(Path(paths.locks_dir()) / key)
     except FileNotFoundError:
         return False
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
+    if fd is None:
+        return True
+    os.close(fd)
+    return False
 
 
 def remove_unused(in_use: Callable[[str], bool]) -> list[str]:
@@ -76,14 +70,12 @@ def remove_unused(in_use: Callable[[str], bool]) -> list[str]:
         return removed
     for entry in entries:
         try:
-            fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = filelock.try_acquire(entry.path)
         except FileNotFoundError:
             continue
+        if fd is None:
+            continue  # held: in use
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue
             if os.stat(entry.path).st_ino != os.fstat(fd).st_ino or in_use(entry.name):
                 continue
             os.unlink(entry.path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 from loxicni.cni.errors import CniError, Code
-from loxicni.cni.types import IPAddress, IPConfig, Result, Route
+from loxicni.cni.types import IPAddress, IPConfig, IPInterface, Result, Route
 from loxicni.plugin.config import BridgeConfig
 
 DEFAULT_V4 = ipaddress.ip_network("0.0.0.0/0")
@@ -17,6 +17,11 @@ def gateway_of(ip: IPConfig) -> IPAddress:
     if ip.gateway is not None:
         return ip.gateway
     return ip.address.network.network_address + 1
+
+
+def bridge_gateway(ip: IPConfig) -> IPInterface:
+    """The address isGateway puts on the bridge for ``ip``: its gateway, in its subnet."""
+    return ipaddress.ip_interface(f"{gateway_of(ip)}/{ip.address.network.prefixlen}")
 
 
 def route_gateway(route: Route, ips: list[IPConfig]) -> IPAddress | None:
