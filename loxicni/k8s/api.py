@@ -23,7 +23,7 @@ from lightkube.types import PatchType
 
 from loxicni.k8s import attachments, nodenetwork
 from loxicni.k8s.group import GROUP, NODE_LABEL, VERSION, node_label
-from loxicni.k8s.pods import CONFIG_MIRROR
+from loxicni.k8s.pods import mirror_of
 
 FIELD_MANAGER = "loxi-cni-agent"
 REQUEST_TIMEOUT = 10.0
@@ -153,9 +153,7 @@ class Api:
         meta = pod.metadata
         if meta is None:
             return set()
-        uids = {meta.uid or ""}
-        uids.add((meta.annotations or {}).get(CONFIG_MIRROR, ""))
-        return uids - {""}
+        return {meta.uid or "", mirror_of(meta)} - {""}
 
     def annotate_network_status(
         self, namespace: str, name: str, uid: str, status: list[dict[str, Any]]

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from loxicni.base import files, paths
+from loxicni.k8s.options import DEFAULT_DATA_ROOT
 
 PLUGIN_TYPE = "loxi-cni"
 SUBNET_KEYS = ("subnet", "rangeStart", "rangeEnd", "gateway", "ranges")
@@ -42,7 +43,6 @@ PLUGIN_KEYS = frozenset(
     }
 )  # fmt: skip
 IPAM_KEYS = frozenset({"type", "routes", "dataDir", "resolvConf", *SUBNET_KEYS})
-DATA_ROOT = "/var/lib/cni"  # the host-local store's home (the DaemonSet mounts it)
 SYSTEM_RESOLV_CONFS = frozenset(
     {
         "/etc/resolv.conf",
@@ -130,7 +130,7 @@ def render(
     template: Mapping[str, Any],
     pod_cidrs: Sequence[str],
     mtu: int | None = None,
-    data_root: str = DATA_ROOT,
+    data_root: str = DEFAULT_DATA_ROOT,
 ) -> dict[str, Any]:
     """The conflist for a node with ``pod_cidrs``; the template itself is left untouched.
     ``mtu``: the pod MTU where the template sets none (the cross-node overlay's). TemplateError

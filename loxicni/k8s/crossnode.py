@@ -385,7 +385,7 @@ class CrossNode:
             )
 
     def _vtep(self, u: Underlay, own: NodeInfo) -> Vtep:
-        pod = next((n for n in own.pod_cidrs if n.version == u.version), None)
+        pod = own.peer.pod_cidr(u.version)
         return Vtep(
             family=_family(u.version),
             device=self.config.device(u.version),

@@ -14,7 +14,7 @@ lists only those with a problem, at most MAX_PROBLEMS of them.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from loxicni.k8s.group import API_VERSION, NODE_LABEL, node_label
@@ -45,18 +45,6 @@ class Vtep:
     address: str  # the VTEP IP (the pod CIDR's network address)
     local: str  # the node IP the encapsulated packets leave from
     underlay: str  # the interface holding it
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "family": self.family,
-            "device": self.device,
-            "mac": self.mac,
-            "vni": self.vni,
-            "port": self.port,
-            "address": self.address,
-            "local": self.local,
-            "underlay": self.underlay,
-        }
 
 
 @dataclass(frozen=True)
@@ -102,7 +90,7 @@ def body(state: NodeNetworkState) -> dict[str, Any]:
     if state.pod_mtu is not None:
         spec["podMTU"] = state.pod_mtu
     if state.vteps:
-        spec["vteps"] = [v.as_dict() for v in state.vteps]
+        spec["vteps"] = [asdict(v) for v in state.vteps]
     status: dict[str, Any] = {
         "peers": {
             "known": state.peers_known,

@@ -49,11 +49,20 @@ class NodeInfo:
     """A Node reduced to what the overlay uses; ``peer`` is it as the overlay's peer (the
     first pod CIDR and InternalIP of each family, as the kubelet and kube-proxy take them)."""
 
-    name: str
     uid: str
-    pod_cidrs: tuple[IPNetwork, ...]
-    node_ips: tuple[IPAddress, ...]
     peer: Peer
+
+    @property
+    def name(self) -> str:
+        return self.peer.name
+
+    @property
+    def pod_cidrs(self) -> tuple[IPNetwork, ...]:
+        return self.peer.pod_cidrs
+
+    @property
+    def node_ips(self) -> tuple[IPAddress, ...]:
+        return self.peer.node_ips
 
 
 def node_info(node: Any) -> NodeInfo | None:
@@ -74,14 +83,8 @@ def node_info(node: Any) -> NodeInfo | None:
             ips.append(ipaddress.ip_address(text))
         except ValueError:
             continue
-    pod_cidrs, node_ips = _first_per_family(cidrs), _first_per_family(ips)
-    return NodeInfo(
-        name=meta.name,
-        uid=meta.uid or "",
-        pod_cidrs=pod_cidrs,
-        node_ips=node_ips,
-        peer=Peer(name=meta.name, node_ips=node_ips, pod_cidrs=pod_cidrs),
-    )
+    peer = Peer(name=meta.name, node_ips=_first_per_family(ips), pod_cidrs=_first_per_family(cidrs))
+    return NodeInfo(uid=meta.uid or "", peer=peer)
 
 
 class NodeTable:

@@ -22,9 +22,10 @@ class PodInfo:
     deleting: bool
     mirror_of: str = ""  # for a mirror pod: the static pod's UID
 
-    def is_pod(self, uid: str) -> bool:
-        """Is this the Pod the runtime called ``uid`` (its own UID, or the static pod's)?"""
-        return uid in (self.uid, self.mirror_of)
+
+def mirror_of(meta: Any) -> str:
+    """For a mirror pod's metadata, the static pod's UID; else ""."""
+    return str((meta.annotations or {}).get(CONFIG_MIRROR, ""))
 
 
 def pod_info(pod: Any) -> PodInfo | None:
@@ -38,7 +39,7 @@ def pod_info(pod: Any) -> PodInfo | None:
         uid=meta.uid,
         network_status=annotations.get(NETWORK_STATUS),
         deleting=meta.deletionTimestamp is not None,
-        mirror_of=annotations.get(CONFIG_MIRROR, ""),
+        mirror_of=mirror_of(meta),
     )
 
 

@@ -77,9 +77,9 @@ def routes(ipr: Rtnl, index: int) -> list[tuple[IPNetwork, IPAddress | None]]:
     out: list[tuple[IPNetwork, IPAddress | None]] = []
     for family, default in ((rtnl.AF_INET, "0.0.0.0/0"), (rtnl.AF_INET6, "::/0")):
         for body in ipr.call(rtnl.route_dump(family, oif=index)):
-            _, dst_len, _, attrs = rtnl.parse_route(body)
-            dst = attrs.get(rtnl.RTA_DST)
-            net = ipaddress.ip_network((ipaddress.ip_address(dst), dst_len) if dst else default)
-            gw = attrs.get(rtnl.RTA_GATEWAY)
+            msg = rtnl.parse_route_msg(body)
+            dst = msg.attrs.get(rtnl.RTA_DST)
+            net = ipaddress.ip_network((ipaddress.ip_address(dst), msg.dst_len) if dst else default)
+            gw = msg.attrs.get(rtnl.RTA_GATEWAY)
             out.append((net, ipaddress.ip_address(gw) if gw else None))
     return out

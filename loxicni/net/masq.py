@@ -68,7 +68,7 @@ from urllib.parse import quote, unquote
 
 from loxicni.base import filelock, paths
 from loxicni.base.digest import sha256_hex
-from loxicni.net.nft import NO_SUCH, NftError, failed, run, run_checked
+from loxicni.net.nft import NO_SUCH, NftError, element_text, failed, run, run_checked
 
 TABLE = "loxi-cni"
 
@@ -277,21 +277,6 @@ def _tag(network: str, container_id: str, ifname: str) -> str:
 # --- reading and writing the table -----------------------------------------------------------
 
 
-def _render(value: object) -> str:
-    """A key from ``nft -j`` output back in nft syntax (address, prefix, range, concat)."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dict):
-        if "prefix" in value:
-            return f"{value['prefix']['addr']}/{value['prefix']['len']}"
-        if "range" in value:
-            low, high = value["range"]
-            return f"{_render(low)}-{_render(high)}"
-        if "concat" in value:
-            return " . ".join(_render(v) for v in value["concat"])
-    raise ValueError(f"unexpected element value {value!r}")
-
-
 def _read() -> _State:
     """Our sets' elements and whether our rules are in place; empty if there is no table yet."""
     proc = run(["-j", "list", "table", "inet", TABLE], None, "cannot list masquerade table")
@@ -310,14 +295,14 @@ def _read() -> _State:
                     # Commented elements are {"elem": {"val": ..., "comment": ...}}, others bare.
                     elem = item["elem"] if isinstance(item, dict) and "elem" in item else None
                     val = item if elem is None else elem["val"]
-                    key = _render(val)
+                    key = element_text(val)
                     addr = ip_address(key.split(" . ")[0].split("/")[0].split("-")[0])
                     tag = "" if elem is None else str(elem.get("comment", ""))
                     elems.append(_Elem(s["name"], key, addr, tag))
             elif s is not None and s.get("name") in _CLUSTER.values():
                 for item in s.get("elem", ()):
                     elem = item["elem"] if isinstance(item, dict) and "elem" in item else None
-                    key = _render(item if elem is None else elem["val"])
+                    key = element_text(item if elem is None else elem["val"])
                     cluster[(s["name"], _spelled(key))] = key
             elif (c := obj.get("chain")) is not None and c.get("name") == "postrouting":
                 chain_ok = (c.get("type"), c.get("hook"), c.get("prio")) == (

@@ -64,6 +64,22 @@ def run(
         raise NftError(f"{what}: cannot run nft", str(e)) from e
 
 
+def element_text(value: object) -> str:
+    """An element's key from ``nft -j`` output back in nft syntax (address, prefix, range,
+    concat), as a script names it."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        if "prefix" in value:
+            return f"{value['prefix']['addr']}/{value['prefix']['len']}"
+        if "range" in value:
+            low, high = value["range"]
+            return f"{element_text(low)}-{element_text(high)}"
+        if "concat" in value:
+            return " . ".join(element_text(v) for v in value["concat"])
+    raise ValueError(f"unexpected element value {value!r}")
+
+
 def failed(what: str, proc: subprocess.CompletedProcess[str]) -> NftError:
     return NftError(what, proc.stderr.strip() or f"exit {proc.returncode}")
 

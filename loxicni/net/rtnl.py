@@ -427,10 +427,26 @@ def route_dump(family: int, *, oif: int, table: int = RT_TABLE_MAIN) -> Request:
     return (RTM_GETROUTE, NLM_F_DUMP, body)
 
 
-def parse_route(body: bytes) -> tuple[int, int, int, dict[int, bytes]]:
-    """An RTM_NEWROUTE answer: (family, destination prefix length, table, attributes)."""
-    family, dst_len, _, _, table, _, _, _, _ = _RTMSG.unpack_from(body)
-    return family, dst_len, table, parse_attrs(body, _RTMSG.size)
+class RouteMsg(NamedTuple):
+    """An RTM_NEWROUTE answer, header fields and attributes by type."""
+
+    family: int
+    dst_len: int
+    table: int
+    protocol: int
+    scope: int
+    type: int
+    flags: int
+    attrs: dict[int, bytes]
+
+
+def parse_route_msg(body: bytes) -> RouteMsg:
+    """An RTM_NEWROUTE answer; ``table`` from RTA_TABLE when there (the header holds 8 bits)."""
+    family, dst_len, _, _, table, protocol, scope, rtype, flags = _RTMSG.unpack_from(body)
+    attrs = parse_attrs(body, _RTMSG.size)
+    if RTA_TABLE in attrs:
+        table = u32(attrs[RTA_TABLE])
+    return RouteMsg(family, dst_len, table, protocol, scope, rtype, flags, attrs)
 
 
 # -------------------------------------------------------------------------------- socket
@@ -775,24 +791,3 @@ def route_get(dst: bytes) -> Request:
     family = AF_INET if len(dst) == 4 else AF_INET6
     body = _RTMSG.pack(family, len(dst) * 8, 0, 0, 0, 0, 0, 0, 0) + attr(RTA_DST, dst)
     return (RTM_GETROUTE, 0, body)
-
-
-class RouteMsg(NamedTuple):
-    """An RTM_NEWROUTE answer, header fields and attributes by type."""
-
-    family: int
-    dst_len: int
-    table: int
-    protocol: int
-    scope: int
-    type: int
-    flags: int
-    attrs: dict[int, bytes]
-
-
-def parse_route_msg(body: bytes) -> RouteMsg:
-    family, dst_len, _, _, table, protocol, scope, rtype, flags = _RTMSG.unpack_from(body)
-    attrs = parse_attrs(body, _RTMSG.size)
-    if RTA_TABLE in attrs:
-        table = u32(attrs[RTA_TABLE])
-    return RouteMsg(family, dst_len, table, protocol, scope, rtype, flags, attrs)

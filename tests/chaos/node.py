@@ -8,8 +8,8 @@ loxicni/ipam/store.py): records in ``<state>/attachments``, locks in ``<run>/loc
 host-local store in ``<dataDir>/<network>/`` with our index in ``<dataDir>/.loxi-cni/<network>/``,
 host veths named ``<vethPrefix><hash>`` and labelled by their alias, masquerade elements in
 ``table inet loxi-cni`` tagged ``<network> <containerID> <ifname>``. ``inspect`` reads all of it
-back independently of the plugin's own code, and ``verify`` compares it with the pods the
-runtimes believe are up.
+back independently of the plugin's own code (only the nft syntax of an element is shared), and
+``verify`` compares it with the pods the runtimes believe are up.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from pyroute2 import IPRoute
+
+from loxicni.net.nft import element_text
 
 PLUGIN = os.environ.get("LOXI_CNI_BIN", "/opt/cni/bin/loxi-cni")
 TMPFS_SIZE = "8m"  # a few hundred records and reservations; small enough to fill at once
@@ -239,7 +241,7 @@ class Node:
                     continue
                 parts = str(item["elem"].get("comment", "")).split(" ")
                 if len(parts) == 3 and parts[0] == self.network:
-                    key = _nft_key(item["elem"]["val"])
+                    key = element_text(item["elem"]["val"])
                     out.setdefault(parts[1], []).append((s["name"], key))
         return out
 
@@ -322,20 +324,6 @@ def _entries(directory: Path) -> list[os.DirEntry[str]]:
 
 def _is_temp(name: str) -> bool:
     return name.endswith(".tmp")
-
-
-def _nft_key(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dict):
-        if "prefix" in value:
-            return f"{value['prefix']['addr']}/{value['prefix']['len']}"
-        if "range" in value:
-            low, high = value["range"]
-            return f"{_nft_key(low)}-{_nft_key(high)}"
-        if "concat" in value:
-            return " . ".join(_nft_key(v) for v in value["concat"])
-    raise ValueError(f"unexpected nft element {value!r}")
 
 
 # -- the verdict ------------------------------------------------------------------------------

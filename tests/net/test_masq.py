@@ -55,7 +55,7 @@ def elements(network: str) -> dict[str, set[tuple[str, str]]]:
             if isinstance(item, dict) and "elem" in item:
                 comment = item["elem"].get("comment", "")
                 if unquote(comment.split(" ")[0]) == network:
-                    text = masq._render(item["elem"]["val"])
+                    text = nft.element_text(item["elem"]["val"])
                     out.setdefault(obj["set"]["name"], set()).add((text, comment))
     return out
 
@@ -276,6 +276,13 @@ def test_spec_conforming_ids_always_fit(network: str, cid: str, ifname: str) -> 
 
 POD_NS, OUT_NS = "loxitest-pod", "loxitest-out"
 POD_HOST_IF, OUT_HOST_IF = "loxit-pod-h", "loxit-out-h"
+
+
+def force_forwarding(ifname: str) -> Path:
+    """The per-interface IPv6 forwarding switch (Linux 6.17+; absent before, and without IPv6)."""
+    return Path(f"/proc/sys/net/ipv6/conf/{ifname}/force_forwarding")
+
+
 SERVER = """
 import socket, sys
 host = sys.argv[1]
@@ -317,7 +324,7 @@ def topology() -> Iterator[None]:
             sh("ip", "addr", "add", f"fd00:254:{n}::1/64", "dev", host_if, "nodad")
             sh("ip", "link", "set", host_if, "up")
             sh("sysctl", "-qw", f"net.ipv4.conf.{host_if}.forwarding=1")
-            if Path(f"/proc/sys/net/ipv6/conf/{host_if}/force_forwarding").exists():
+            if force_forwarding(host_if).exists():
                 sh("sysctl", "-qw", f"net.ipv6.conf.{host_if}.force_forwarding=1")
             sh("ip", "-n", ns, "addr", "add", f"10.254.{n}.2/24", "dev", "eth0")
             sh("ip", "-n", ns, "addr", "add", f"fd00:254:{n}::2/64", "dev", "eth0", "nodad")
@@ -330,10 +337,11 @@ def topology() -> Iterator[None]:
         _teardown_topology()
 
 
-def source_seen_by_server(dst: str) -> str:
-    """Connect from the pod to a server in the out netns; the peer address it accepted."""
+def source_seen_by_server(dst: str, pod: str = POD_NS, out: str = OUT_NS) -> str:
+    """Connect from the ``pod`` netns to a server on ``dst`` in the ``out`` netns; the peer
+    address it accepted."""
     server = subprocess.Popen(
-        ["ip", "netns", "exec", OUT_NS, sys.executable, "-c", SERVER, dst],
+        ["ip", "netns", "exec", out, sys.executable, "-c", SERVER, dst],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -341,7 +349,7 @@ def source_seen_by_server(dst: str) -> str:
         assert server.stdout is not None
         port = server.stdout.readline().strip()
         subprocess.run(
-            ["ip", "netns", "exec", POD_NS, sys.executable, "-c", CLIENT, dst, port],
+            ["ip", "netns", "exec", pod, sys.executable, "-c", CLIENT, dst, port],
             check=True,
             timeout=15,
         )
@@ -368,11 +376,11 @@ def test_traffic_is_masqueraded_only_with_the_rule(
     dst: str,
     host: str,
 ) -> None:
-    if (
-        pod.version == 6
-        and not Path(f"/proc/sys/net/ipv6/conf/{POD_HOST_IF}/force_forwarding").exists()
-    ):
-        pytest.skip("no IPv6, or no per-interface IPv6 forwarding (kernel < 6.17)")
+    if pod.version == 6 and not force_forwarding(POD_HOST_IF).exists():
+        pytest.skip(
+            "this kernel has no per-interface IPv6 forwarding "
+            f"(net.ipv6.conf.{POD_HOST_IF}.force_forwarding, Linux >= 6.17)"
+        )
     net = new_net()
     assert source_seen_by_server(dst) == str(pod.ip)
     masq.add_masquerade(net, "pod", "eth0", [pod])
@@ -436,24 +444,6 @@ def node_ns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[NodeNs]
             sh("ip", "netns", "del", ns, check=False)
 
 
-def _seen_from(pod: str, out: str) -> str:
-    server = subprocess.Popen(
-        ["ip", "netns", "exec", out, sys.executable, "-c", SERVER, "10.253.2.2"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert server.stdout is not None
-        port = server.stdout.readline().strip()
-        subprocess.run(["ip", "netns", "exec", pod, sys.executable, "-c", CLIENT, "10.253.2.2",
-                        port], check=True, timeout=15)  # fmt: skip
-        seen, _ = server.communicate(timeout=15)
-        return seen.strip()
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
-
-
 def test_cluster_networks_are_kept_exactly(node_ns: NodeNs) -> None:
     net, node, run = ip_network, node_ns.node, node_ns.run
 
@@ -461,7 +451,7 @@ def test_cluster_networks_are_kept_exactly(node_ns: NodeNs) -> None:
         argv = ["ip", "netns", "exec", node, "nft", "-j", "list", "table", "inet", masq.TABLE]
         out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
         return {
-            o["set"]["name"]: {masq._render(e) for e in o["set"].get("elem", [])}
+            o["set"]["name"]: {nft.element_text(e) for e in o["set"].get("elem", [])}
             for o in json.loads(out)["nftables"]
             if o.get("set", {}).get("name") in ("cluster4", "cluster6")
         }
@@ -494,10 +484,14 @@ def test_cluster_networks_are_kept_exactly(node_ns: NodeNs) -> None:
 
 
 def test_traffic_to_cluster_networks_is_not_masqueraded(node_ns: NodeNs) -> None:
-    pod, out, run = node_ns.pod, node_ns.out, node_ns.run
+    run = node_ns.run
+
+    def seen() -> str:
+        return source_seen_by_server("10.253.2.2", node_ns.pod, node_ns.out)
+
     run(lambda: masq.add_masquerade("n", "c", "eth0", [ip_interface("10.253.1.2/24")]))
-    assert _seen_from(pod, out) == "10.253.2.1"  # leaving the pod's subnet: masqueraded
+    assert seen() == "10.253.2.1"  # leaving the pod's subnet: masqueraded
     run(lambda: masq.set_cluster_networks([ip_network("10.253.2.0/24")]))
-    assert _seen_from(pod, out) == "10.253.1.2"  # another node's pods: the pod's own address
+    assert seen() == "10.253.1.2"  # another node's pods: the pod's own address
     run(lambda: masq.set_cluster_networks([]))
-    assert _seen_from(pod, out) == "10.253.2.1"
+    assert seen() == "10.253.2.1"

@@ -340,11 +340,8 @@ class PolicyController:
                 self.compiler.pods[uid].ref: self.compiler.selected_by(uid)
                 for uid in self.compiler.local_pods()
             }
-        if sent:
-            self.metrics.transactions = self.table.transactions
-            self.metrics.rebuilds = self.table.rebuilds
-            if since is not None:
-                self.metrics.observe(now - since)
+        if sent and since is not None:
+            self.metrics.observe(now - since)
         if selection != self._selection:
             self._selection = selection
             for notify in self.on_selection_changed:
@@ -394,4 +391,4 @@ class PolicyController:
         except NftError as exc:
             log.warning("cannot read the policy counters: %s", exc)
             counters = {}
-        return self.metrics.render(policies, isolated, counters, labels)
+        return self.metrics.render(self.table, policies, isolated, counters, labels)

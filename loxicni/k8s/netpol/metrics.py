@@ -22,8 +22,8 @@ def _escape(value: str) -> str:
 
 @dataclass
 class PolicyMetrics:
-    transactions: int = 0
-    rebuilds: int = 0
+    """What only the controller sees; the table counts its own transactions and rebuilds."""
+
     errors: int = 0
     last: float | None = None  # seconds the last change took to reach the kernel
     buckets: list[int] = field(default_factory=lambda: [0] * len(BUCKETS))
@@ -40,6 +40,7 @@ class PolicyMetrics:
 
     def render(
         self,
+        table: pt.PolicyTable,
         policies: int,
         isolated: tuple[int, int],
         counters: dict[str, int],
@@ -56,10 +57,10 @@ class PolicyMetrics:
             f'loxi_cni_netpol_isolated_pods{{direction="egress"}} {isolated[1]}',
             "# HELP loxi_cni_netpol_transactions_total nft transactions that changed the table.",
             "# TYPE loxi_cni_netpol_transactions_total counter",
-            f"loxi_cni_netpol_transactions_total {self.transactions}",
+            f"loxi_cni_netpol_transactions_total {table.transactions}",
             "# HELP loxi_cni_netpol_rebuilds_total Times the table was swapped for a new one.",
             "# TYPE loxi_cni_netpol_rebuilds_total counter",
-            f"loxi_cni_netpol_rebuilds_total {self.rebuilds}",
+            f"loxi_cni_netpol_rebuilds_total {table.rebuilds}",
             "# HELP loxi_cni_netpol_errors_total Failed attempts to update the table.",
             "# TYPE loxi_cni_netpol_errors_total counter",
             f"loxi_cni_netpol_errors_total {self.errors}",

@@ -21,7 +21,7 @@ from ipaddress import ip_address, ip_network
 from typing import Any
 
 from loxicni.k8s.netpol.selector import BadSelector, Selector
-from loxicni.k8s.pods import CONFIG_MIRROR
+from loxicni.k8s.pods import mirror_of
 
 INGRESS = "Ingress"
 EGRESS = "Egress"
@@ -189,7 +189,7 @@ def pod_view(pod: Any) -> PodView | None:
         if not ips and status.podIP:
             ips.append(str(ip_address(status.podIP)))
     # The agent learns its pods' addresses from ADDs, under the UID the kubelet passed.
-    uid = (meta.annotations or {}).get(CONFIG_MIRROR) or meta.uid
+    uid = mirror_of(meta) or meta.uid
     return PodView(
         uid=str(uid),
         namespace=str(meta.namespace or "default"),
