@@ -38,6 +38,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from underlay_node import underlay_netns  # noqa: E402  (bench/, this script's directory)
+
 from loxicni.net import netns, owned_routes  # noqa: E402
 from loxicni.net.rtnl import Rtnl  # noqa: E402
 from tests.k8s.controlplane import ControlPlane, find_binaries  # noqa: E402
@@ -140,15 +142,7 @@ class Node:
     def __init__(self, cp: ControlPlane, work: Path) -> None:
         self.cp = cp
         self.work = work
-        self.ns = f"lxbench-{uuid.uuid4().hex[:6]}"
-        subprocess.run(["ip", "netns", "add", self.ns], check=True)
-        script = (
-            "link set lo up\nlink add eth0 type veth peer name eth1\n"
-            "link set eth0 up\nlink set eth1 up\n"
-            "addr add 10.0.0.1/16 dev eth0\naddr add fd00:50::1/64 dev eth0 nodad\n"
-        )
-        subprocess.run(["ip", "-n", self.ns, "-batch", "-"], input=script.encode(), check=True)
-        self.fd = netns.open_netns(f"/var/run/netns/{self.ns}")
+        self.ns, self.fd = underlay_netns("lxbench")
         self.rt = Rtnl(netns.netlink_socket_in(self.fd))
         port = cp.server.rsplit(":", 1)[1]
         self.forwarder = subprocess.Popen(

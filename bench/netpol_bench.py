@@ -36,7 +36,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -54,6 +54,12 @@ from tests.k8s.simcluster import SimCluster  # noqa: E402
 NAMESPACES = 10
 APPS = 20
 RR_PORT = 5001
+R = TypeVar("R", Pod, NetworkPolicy)
+
+
+def from_dict(kind: type[R], obj: dict[str, Any]) -> R:
+    """``kind.from_dict(obj)``, typed as ``kind`` (lightkube's says DictMixin)."""
+    return cast(R, kind.from_dict(obj))
 
 
 class Monitor:
@@ -221,7 +227,7 @@ def main() -> None:
 
             def make(item: tuple[dict[str, Any], list[str]]) -> None:
                 obj, ips = item
-                client.create(Pod.from_dict(obj))
+                client.create(from_dict(Pod, obj))
                 client.patch(
                     PodStatus, obj["metadata"]["name"], namespace=obj["metadata"]["namespace"],
                     obj={"status": {"phase": "Running", "podIP": ips[0],
@@ -234,7 +240,7 @@ def main() -> None:
             policies = [policy(j) for j in range(args.policies - 2)] + rr_policies()
             start = time.perf_counter()
             with ThreadPoolExecutor(8) as pool:
-                list(pool.map(lambda p: client.create(NetworkPolicy.from_dict(p)), policies))
+                list(pool.map(lambda p: client.create(from_dict(NetworkPolicy, p)), policies))
             world.wait_enforced(timeout=300)
             result["all policies enforced s"] = round(time.perf_counter() - start, 2)
             status = me.status()["networkPolicy"]
@@ -251,7 +257,7 @@ def main() -> None:
                 obj["spec"]["ingress"][0]["ports"] = [{"port": 20000 + i}]
                 mark = len(monitor.lines)
                 t0 = time.perf_counter()
-                created = client.create(NetworkPolicy.from_dict(obj))
+                created = client.create(from_dict(NetworkPolicy, obj))
                 adds.append(monitor.wait(mark, chain, str(20000 + i)) - t0)
                 assert created.metadata is not None
                 obj["spec"]["ingress"][0]["ports"] = [{"port": 30000 + i}]

@@ -33,13 +33,14 @@ import statistics
 import subprocess
 import sys
 import time
-import uuid
 from dataclasses import replace
 from ipaddress import ip_address, ip_network
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from underlay_node import underlay_netns  # bench/, this script's directory
 
 from loxicni.net import netns, overlay
 from loxicni.net.overlay import OverlayConfig
@@ -65,18 +66,10 @@ def peers(count: int) -> list[Peer]:
 
 
 def run_mode(mode: Mode, count: int) -> list[dict[str, Any]]:
-    name = f"ovlbench-{uuid.uuid4().hex[:6]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    fd = netns.open_netns(f"/var/run/netns/{name}")
+    name, fd = underlay_netns("ovlbench")
     rt = CountingRtnl(netns.netlink_socket_in(fd))
     rows: list[dict[str, Any]] = []
     try:
-        script = (
-            "link set lo up\nlink add eth0 type veth peer name eth1\n"
-            "link set eth0 up\nlink set eth1 up\n"
-            "addr add 10.0.0.1/16 dev eth0\naddr add fd00:50::1/64 dev eth0 nodad\n"
-        )
-        subprocess.run(["ip", "-n", name, "-batch", "-"], input=script.encode(), check=True)
         config = OverlayConfig(mode=mode)
         local = overlay.local_node(
             rt,

@@ -22,10 +22,10 @@ from pyroute2 import IPRoute, NetNS
 
 from loxicni.net import masq
 from loxicni.net.policy_table import PolicyTable
+from tests.support.agent import LocalAgent
 from tests.support.host import delete_links, links, unrouted
-from tests.support.ipam import reservation_files
-from tests.support.plugin import PLUGIN, agent_status
-from tests.support.processes import kill9, stop_process
+from tests.support.ipam import reservation_owners
+from tests.support.plugin import PLUGIN
 from tests.support.waiting import wait_for
 
 from .controlplane import ControlPlane
@@ -81,11 +81,12 @@ def require(missing: Sequence[str], what: str) -> None:
     pytest.skip(msg)
 
 
-def masq_table() -> list[dict[str, Any]] | None:
+def masq_table(ns: str | None = None) -> list[dict[str, Any]] | None:
     """loxi-cni's nftables table (ipMasq: deploy/'s template turns it on) as `nft -j` lists
-    it, or None when there is none."""
+    it in netns `ns` (None: the host's), or None when there is none."""
+    wrapper = [] if ns is None else ["ip", "netns", "exec", ns]
     proc = subprocess.run(
-        ["nft", "-j", "list", "table", "inet", masq.TABLE],
+        [*wrapper, "nft", "-j", "list", "table", "inet", masq.TABLE],
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     if proc.returncode != 0:
@@ -173,7 +174,7 @@ def wait_pod_ready(
 
 
 @dataclass
-class Cluster:
+class Cluster(LocalAgent):
     """One test's node: a Node object, its network's names, and the agent serving it."""
 
     cp: ControlPlane
@@ -211,46 +212,9 @@ class Cluster:
         return node_agent_kubeconfig(self.cp, self.node)
 
     @property
-    def socket(self) -> str:
-        return str(self.workdir / "run" / "agent.sock")
-
-    @property
-    def state_dir(self) -> Path:
-        return self.workdir / "state"
-
-    @property
-    def conf_dir(self) -> Path:
-        return self.workdir / "net.d"
-
-    @property
-    def conf_path(self) -> Path:
-        return self.conf_dir / "10-loxi-cni.conflist"
-
-    @property
-    def data_dir(self) -> Path:
-        return self.workdir / "ipam"
-
-    @property
-    def log(self) -> Path:
-        return self.workdir / "agent.log"
-
-    @property
     def env(self) -> dict[str, str]:
         """What a plugin exec needs to reach this agent (or, with it down, share its state)."""
         return {"LOXI_CNI_SOCKET": self.socket, "LOXI_CNI_STATE_DIR": str(self.state_dir)}
-
-    def write_template(self) -> Path:
-        """deploy/'s template, with this test's names and store (the portmap entry dropped:
-        the sandboxes here map no ports)."""
-        template = template_from_configmap()
-        template["name"] = self.network
-        plugin = next(p for p in template["plugins"] if p["type"] == "loxi-cni")
-        plugin.update(bridge=self.bridge, vethPrefix=self.veth_prefix)
-        plugin["ipam"]["dataDir"] = str(self.data_dir)
-        template["plugins"] = [plugin]
-        path = self.workdir / "template.json"
-        path.write_text(json.dumps(template))
-        return path
 
     # -- the agent
     def start_agent(self) -> None:
@@ -258,40 +222,24 @@ class Cluster:
         wait_for("the agent's Kubernetes mode to be synced", self._synced, timeout=30)
 
     def launch_agent(self) -> None:
-        """Start the agent and return at once (``start_agent`` also waits for it to sync)."""
-        template = self.write_template()
-        argv = [
-            PLUGIN, "agent", "--socket", self.socket, "--metrics", "off",
-            "--kubeconfig", str(self.kubeconfig), "--node-name", self.node,
-            "--cni-conf-dir", str(self.conf_dir), "--cni-conf-template", str(template),
-            "--cni-data-root", str(self.data_dir.parent),
-            "--grace-period", str(self.grace_period), "--resync", "2", *self.extra_args,
-            "--network-policy", "on" if self.network_policy else "off",
-        ]  # fmt: skip
-        env = {**os.environ, **self.env}
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=log)
+        """Start the agent and return at once (``start_agent`` also waits for it to sync).
+        Its template is deploy/'s, with this test's names and store (the portmap entry
+        dropped: the sandboxes here map no ports)."""
+        template = template_from_configmap()
+        plugin = next(p for p in template["plugins"] if p["type"] == "loxi-cni")
+        plugin.update(bridge=self.bridge, vethPrefix=self.veth_prefix)
+        template.update(name=self.network, plugins=[plugin])
+        argv = self.agent_argv(
+            self.kubeconfig, self.node, self.write_template(template),
+            metrics="off", grace_period=str(self.grace_period),
+        )  # fmt: skip
+        argv += [*self.extra_args, "--network-policy", "on" if self.network_policy else "off"]
+        self.spawn_agent(argv)
 
     def _synced(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise AssertionError(f"the agent exited:\n{self.log.read_text()[-4000:]}")
+        self.check_running("the agent")
         kube = self.status().get("kubernetes", {})
         return bool(kube.get("podsSynced")) and bool(kube.get("syncs"))
-
-    def status(self) -> dict[str, Any]:
-        try:
-            return agent_status(self.socket)
-        except ValueError:
-            return {}
-
-    def kill_agent(self) -> None:
-        assert self.proc is not None
-        kill9(self.proc)
-
-    def stop_agent(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc, grace=15)
 
     # -- the API
     def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -305,7 +253,7 @@ class Cluster:
             "metadata": {"name": name, "namespace": self.namespace},
             "spec": {
                 "nodeName": node or self.node,
-                "containers": [{"name": "app", "image": "loxi.local/busybox:rt"}],
+                "containers": [{"name": "app", "image": BUSYBOX}],
             },
         }
         out = self.cp.kubectl("create", "-o", "json", "-f", "-", input=json.dumps(pod)).stdout
@@ -333,30 +281,14 @@ class Cluster:
         return json.loads(raw) if raw else None
 
     # -- the runtime's part
-    def conf(self) -> dict[str, Any]:
-        """What libcni sends loxi-cni for the conflist the agent wrote."""
-        conflist = json.loads(self.conf_path.read_text())
-        (plugin,) = conflist["plugins"]
-        return {"cniVersion": conflist["cniVersion"], "name": conflist["name"], **plugin}
-
     def cni(self, command: str, pod: Sandbox, *, netns: str | None = None) -> dict[str, Any]:
         """Exec the installed plugin as containerd's CRI does for a pod sandbox."""
-        env = {
-            "PATH": os.environ["PATH"],
-            "CNI_COMMAND": command,
-            "CNI_CONTAINERID": pod.sandbox_id,
-            "CNI_NETNS": pod.netns_path if netns is None else netns,
-            "CNI_IFNAME": "eth0",
-            "CNI_PATH": "/opt/cni/bin",
-            "CNI_ARGS": pod.cni_args,
-            **self.env,
-        }
-        proc = subprocess.run(
-            [PLUGIN], input=json.dumps(self.conf()).encode(), env=env,
-            capture_output=True, timeout=60,
-        )  # fmt: skip
-        assert proc.returncode == 0, f"{command}: {proc.stdout!r} {proc.stderr!r}"
-        return dict(json.loads(proc.stdout)) if proc.stdout.strip() else {}
+        return self.exec_cni(
+            command,
+            pod.sandbox_id,
+            pod.netns_path if netns is None else netns,
+            extra_env={"CNI_ARGS": pod.cni_args},
+        )
 
     def run_sandbox(self, name: str) -> Sandbox:
         """A Pod in the API and its sandbox: a netns, and the plugin's ADD for it."""
@@ -382,8 +314,7 @@ class Cluster:
 
     # -- the host
     def reservations(self) -> dict[str, str]:
-        files = reservation_files(self.data_dir, self.network)
-        return {ip: text.splitlines()[0] for ip, text in files.items()}
+        return reservation_owners(self.data_dir, self.network)
 
     def host_veths(self) -> list[str]:
         return sorted(ln["ifname"] for ln in links() if ln["ifname"].startswith(self.veth_prefix))

@@ -53,6 +53,7 @@ CONTROLLERS = (
     "root-ca-certificate-publisher-controller",
 )
 _PR_SET_PDEATHSIG = 1
+_NEW_EC_KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")  # openssl req
 
 
 class ControlPlaneError(RuntimeError):
@@ -217,11 +218,10 @@ class ControlPlane:
         """A throwaway CA, the serving cert, client certs and the ServiceAccount signing key."""
         pki = self.pki
         pki.mkdir(parents=True, exist_ok=True)
-        ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
         _openssl(
             "req",
             "-x509",
-            *ec,
+            *_NEW_EC_KEY,
             "-keyout",
             "ca.key",
             "-out",
@@ -257,11 +257,7 @@ class ControlPlane:
         _openssl(
             "req",
             "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
+            *_NEW_EC_KEY,
             "-keyout",
             f"{name}.key",
             "-out",
@@ -357,19 +353,11 @@ class ControlPlane:
                 return bool(r.status == 200 and r.read().strip() == b"ok")
 
         self._wait("kube-apiserver", ready, deadline)
-        self._write_kubeconfig(
-            self.kubeconfig,
-            user={"client-certificate": str(p / "admin.crt"), "client-key": str(p / "admin.key")},
-        )
+        self._cert_kubeconfig(self.kubeconfig, "admin")
 
     def _start_controller_manager(self, deadline: float) -> None:
-        kubeconfig = self.work_dir / "controller-manager.kubeconfig"
-        self._write_kubeconfig(
-            kubeconfig,
-            user={
-                "client-certificate": str(self.pki / "controller-manager.crt"),
-                "client-key": str(self.pki / "controller-manager.key"),
-            },
+        kubeconfig = self._cert_kubeconfig(
+            self.work_dir / "controller-manager.kubeconfig", "controller-manager"
         )
         self._spawn(
             "kube-controller-manager",
@@ -398,15 +386,8 @@ class ControlPlane:
 
     def _start_scheduler(self, deadline: float) -> None:
         """kube-scheduler, as the user its default ClusterRoleBinding names."""
-        kubeconfig = self.work_dir / "scheduler.kubeconfig"
         self._sign("scheduler", "/CN=system:kube-scheduler", "clientAuth")
-        self._write_kubeconfig(
-            kubeconfig,
-            user={
-                "client-certificate": str(self.pki / "scheduler.crt"),
-                "client-key": str(self.pki / "scheduler.key"),
-            },
-        )
+        kubeconfig = self._cert_kubeconfig(self.work_dir / "scheduler.kubeconfig", "scheduler")
         self._spawn(
             "kube-scheduler",
             [
@@ -440,14 +421,21 @@ class ControlPlane:
         ctx.load_cert_chain(self.pki / "admin.crt", self.pki / "admin.key")
         return ctx
 
-    def _write_kubeconfig(self, path: Path, user: Mapping[str, str]) -> None:
+    def write_kubeconfig(
+        self, path: Path, user: Mapping[str, str], server: str | None = None
+    ) -> Path:
+        """A kubeconfig at `path` reaching the API server (at `server`, an address of its
+        certificate: by default its loopback one) as `user` (a kubeconfig user entry)."""
         config = {
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [
                 {
                     "name": "loxi",
-                    "cluster": {"server": self.server, "certificate-authority": str(self.ca_path)},
+                    "cluster": {
+                        "server": server or self.server,
+                        "certificate-authority": str(self.ca_path),
+                    },
                 }
             ],
             "users": [{"name": "user", "user": dict(user)}],
@@ -456,6 +444,16 @@ class ControlPlane:
         }
         path.write_text(json.dumps(config, indent=2))  # JSON is YAML
         path.chmod(0o600)
+        return path
+
+    def _cert_kubeconfig(self, path: Path, name: str) -> Path:
+        """A kubeconfig at `path` authenticating with the client certificate `_sign(name)`
+        made."""
+        user = {
+            "client-certificate": f"{self.pki / name}.crt",
+            "client-key": f"{self.pki / name}.key",
+        }
+        return self.write_kubeconfig(path, user)
 
     def kubectl(
         self,
@@ -506,7 +504,7 @@ class ControlPlane:
         """A kubeconfig that authenticates with `token` only, to act as a ServiceAccount."""
         self._token_configs += 1
         path = self.work_dir / f"token-{self._token_configs}.kubeconfig"
-        self._write_kubeconfig(path, user={"token": token})
+        self.write_kubeconfig(path, user={"token": token})
         return path
 
     def create_namespace(self, name: str, timeout: float = 30.0) -> None:
@@ -597,14 +595,7 @@ class ControlPlane:
         )
         self._kubelets[node] = files
         self._sign(name, f"/O=system:nodes/CN=system:node:{node}", "clientAuth")
-        kubeconfig = work / "kubeconfig"
-        self._write_kubeconfig(
-            kubeconfig,
-            user={
-                "client-certificate": str(self.pki / f"{name}.crt"),
-                "client-key": str(self.pki / f"{name}.key"),
-            },
-        )
+        kubeconfig = self._cert_kubeconfig(work / "kubeconfig", name)
         config = {
             "apiVersion": "kubelet.config.k8s.io/v1beta1",
             "kind": "KubeletConfiguration",

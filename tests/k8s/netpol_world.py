@@ -9,23 +9,35 @@ probes (tests/support/probes.py) run between the pods' netns; the servers listen
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import ipaddress
 import json
 import os
 import subprocess
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from tests.support.plugin import PLUGIN
 from tests.support.probes import Probe, Servers, run_probes
 from tests.support.waiting import wait_for
 
-from .cluster import PLUGIN
+from .cluster import require
 from .controlplane import ControlPlane
 from .simcluster import SimCluster, SimNode
 
 PROTOCOLS = ("tcp", "udp", "sctp")
+TOOLS = ("ip", "nft", "curl")  # the pods' netns and links, the agents' tables, the probes
+
+
+def require_tools(what: str) -> None:
+    """Skip ``what`` without TOOLS, or fail under LOXI_K8S_REQUIRED=1 (``require``)."""
+    missing = [t for t in TOOLS if subprocess.run(
+        ["sh", "-c", f"command -v {t}"], capture_output=True).returncode]  # fmt: skip
+    require(missing, what)
 
 
 @dataclass
@@ -154,7 +166,9 @@ class World:
             return applied == rvs and bool(policy.get("synced"))
 
         for node in self.sim.nodes:
-            wait_for(f"{node.name} to enforce {sorted(rvs)}", lambda n=node: done(n), timeout)
+            wait_for(
+                f"{node.name} to enforce {sorted(rvs)}", functools.partial(done, node), timeout
+            )
 
     # -- outside the cluster
     def add_externals(self, ips: Iterable[str]) -> None:
@@ -216,3 +230,29 @@ class World:
             subprocess.run(["ip", "netns", "del", pod.netns], capture_output=True, timeout=30)
         for ns in self.namespaces:
             self.cp.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+@contextlib.contextmanager
+def running_world(
+    cp: ControlPlane, agent_kubeconfig: Path, work: Path, *, nodes: int, mode: str
+) -> Iterator[World]:
+    """A World on ``nodes`` simulated nodes, each agent (cross-node ``mode``) synced; then
+    every agent's log tail (what a failure needs) and all of it removed. The API server must
+    hold no other Node: its agent would be a peer of ours."""
+    others = [n["metadata"]["name"] for n in cp.get_json("nodes")["items"]]
+    assert others == [], f"Nodes of other tests would be peers too: {others}"
+    sim = SimCluster(cp, agent_kubeconfig, work)
+    w = World(cp, sim)
+    try:
+        sim.build(nodes=nodes)
+        template = sim.template()
+        for node in sim.nodes:
+            node.start_agent(mode, template, wait=False)
+        for node in sim.nodes:
+            node.wait_synced(60)
+        yield w
+    finally:
+        for node in sim.nodes:
+            print(f"----- agent of {node.name}\n{node.tail()}")
+        w.destroy()
+        sim.destroy()

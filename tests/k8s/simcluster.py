@@ -24,11 +24,9 @@ links, host addresses and routes, processes, API objects) is removed by ``destro
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -42,24 +40,19 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
-from loxicni.net import netns
+from tests.support.agent import LocalAgent
 from tests.support.host import unrouted
-from tests.support.plugin import PLUGIN, agent_status
-from tests.support.processes import kill9, stop_process
+from tests.support.plugin import PLUGIN
+from tests.support.simnet import add_netns, forwarding, ip_batch, pings, tcp_socket_in
+from tests.support.simnet import transfer as transfer  # the cross-node tests' import
 from tests.support.waiting import wait_for
 
-from .cluster import REPO, template_from_configmap
+from .cluster import REPO, masq_table, template_from_configmap
 from .controlplane import ControlPlane
 
 API_VIP = "10.96.0.1"  # a name of the API server's certificate; held by the router
 PROTO = 76  # the overlay's route protocol
 METRICS = "127.0.0.1:9617"  # in each node's own netns
-
-
-def sh(ns: str | None, script: str) -> None:
-    """Run ``ip`` commands (one a line) in netns ``ns`` (None: the host)."""
-    argv = ["ip", "-batch", "-"] if ns is None else ["ip", "-n", ns, "-batch", "-"]
-    subprocess.run(argv, input=script.encode(), check=True, capture_output=True, timeout=30)
 
 
 def free_octets(prefix: str, count: int) -> list[int]:
@@ -96,7 +89,7 @@ class Pod:
 
 
 @dataclass
-class SimNode:
+class SimNode(LocalAgent):
     index: int
     name: str
     ns: str
@@ -129,26 +122,10 @@ class SimNode:
         return self.root / (self.mode or "none")
 
     @property
-    def socket(self) -> str:
-        return str(self.workdir / "run" / "agent.sock")
-
-    @property
-    def conf_dir(self) -> Path:
-        return self.workdir / "net.d"
-
-    @property
-    def conf_path(self) -> Path:
-        return self.conf_dir / "10-loxi-cni.conflist"
-
-    @property
-    def log(self) -> Path:
-        return self.workdir / "agent.log"
-
-    @property
     def env(self) -> dict[str, str]:
         return {
             "LOXI_CNI_SOCKET": self.socket,
-            "LOXI_CNI_STATE_DIR": str(self.workdir / "state"),
+            "LOXI_CNI_STATE_DIR": str(self.state_dir),
             "LOXI_CNI_RUN_DIR": str(self.workdir / "run"),
         }
 
@@ -180,66 +157,21 @@ class SimNode:
         assert self.kubeconfig is not None
         self.mode = mode
         self.conf_dir.mkdir(parents=True, exist_ok=True)
-        tpl = dict(template)
-        plugin = dict(tpl["plugins"][0])
-        plugin["ipam"] = {**plugin["ipam"], "dataDir": str(self.workdir / "ipam")}
-        tpl["plugins"] = [plugin]
-        path = self.workdir / "template.json"
-        path.write_text(json.dumps(tpl))
-        argv = [
-            "ip",
-            "netns",
-            "exec",
-            self.ns,
-            PLUGIN,
-            "agent",
-            "--socket",
-            self.socket,
-            "--metrics",
-            METRICS,
-            "--kubeconfig",
-            str(self.kubeconfig),
-            "--node-name",
-            self.name,
-            "--cni-conf-dir",
-            str(self.conf_dir),
-            "--cni-conf-template",
-            str(path),
-            "--cni-data-root",  # the template's dataDir is this node's own
-            str(self.workdir),
-            "--resync",
-            "2",
-            "--grace-period",
-            "600",
-            "--cross-node",
-            mode,
-            *extra,
-        ]
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                argv, env={**os.environ, **self.env}, stdout=log, stderr=log
-            )
+        argv = self.agent_argv(
+            self.kubeconfig, self.name, self.write_template(template),
+            metrics=METRICS, grace_period="600",
+        )  # fmt: skip
+        self.spawn_agent(["ip", "netns", "exec", self.ns, *argv, "--cross-node", mode, *extra])
         if wait:
             self.wait_synced()
 
     def wait_synced(self, timeout: float = 30) -> dict[str, Any]:
         def synced() -> dict[str, Any] | None:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"agent of {self.name} exited:\n{self.tail()}")
+            self.check_running(f"agent of {self.name}")
             cross = self.status().get("crossNode") or {}
             return cross if cross.get("lastSync") and self.conf_path.exists() else None
 
         return wait_for(f"the agent of {self.name} to sync", synced, timeout)
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
-
-    def status(self) -> dict[str, Any]:
-        try:
-            return agent_status(self.socket)
-        except ValueError:
-            return {}
 
     def metrics(self) -> str:
         return subprocess.run(
@@ -249,14 +181,6 @@ class SimNode:
             check=True,
             timeout=20,
         ).stdout
-
-    def kill_agent(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            kill9(self.proc)
-
-    def stop_agent(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
 
     def uninstall(self, *extra: str) -> dict[str, Any]:
         """The documented uninstall step, run in the node's netns (the tree and bin dirs its
@@ -276,30 +200,14 @@ class SimNode:
         return dict(json.loads(out.stdout))
 
     # -- pods through the installed plugin and this node's agent
-    def conf(self) -> dict[str, Any]:
-        conflist = json.loads(self.conf_path.read_text())
-        (plugin,) = conflist["plugins"]
-        return {"cniVersion": conflist["cniVersion"], "name": conflist["name"], **plugin}
-
     def cni(self, command: str, pod: Pod, netns: str | None = None) -> dict[str, Any]:
-        env = {
-            "PATH": os.environ["PATH"],
-            "CNI_COMMAND": command,
-            "CNI_CONTAINERID": pod.container_id,
-            "CNI_NETNS": pod.netns_path if netns is None else netns,
-            "CNI_IFNAME": "eth0",
-            "CNI_PATH": "/opt/cni/bin",
-            **self.env,
-        }
-        proc = subprocess.run(
-            ["ip", "netns", "exec", self.ns, PLUGIN],
-            input=json.dumps(self.conf()).encode(),
-            env=env,
-            capture_output=True,
-            timeout=60,
+        return self.exec_cni(
+            command,
+            pod.container_id,
+            pod.netns_path if netns is None else netns,
+            wrapper=("ip", "netns", "exec", self.ns),
+            what=f"{command} on {self.name}",
         )
-        assert proc.returncode == 0, f"{command} on {self.name}: {proc.stdout!r} {proc.stderr!r}"
-        return dict(json.loads(proc.stdout)) if proc.stdout.strip() else {}
 
     def add_pod(self, tag: str) -> Pod:
         pod = Pod(f"lxs-{tag}-p{self.index}", self, uuid.uuid4().hex)
@@ -358,16 +266,7 @@ class SimNode:
             }
 
     def nft_table(self) -> list[dict[str, Any]] | None:
-        proc = subprocess.run(
-            ["ip", "netns", "exec", self.ns, "nft", "-j", "list", "table", "inet", "loxi-cni"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        if proc.returncode != 0:
-            return None
-        objs: list[dict[str, Any]] = json.loads(proc.stdout)["nftables"]
-        return objs
+        return masq_table(self.ns)
 
 
 @dataclass
@@ -396,10 +295,8 @@ class SimCluster:
         return f"sim-{self.tag}"
 
     def _netns(self, name: str) -> str:
-        subprocess.run(["ip", "netns", "add", name], check=True, timeout=30)
         self.made_netns.append(name)
-        sh(name, "link set lo up\n")
-        return name
+        return add_netns(name)
 
     # -- building
     def build(self, nodes: int = 3) -> None:
@@ -413,28 +310,17 @@ class SimCluster:
         ]
         sw, rt = self._netns(self.switch), self._netns(self.router)
         ua, ub = self.underlays
-        sh(sw, "link add br0 type bridge\nlink set br0 up\n")
-        sh(sw, f"link add r0 type veth peer name eth0 netns {rt}\nlink set r0 master br0 up\n")
-        sh(
+        ip_batch(sw, "link add br0 type bridge\nlink set br0 up\n")
+        ip_batch(
+            sw, f"link add r0 type veth peer name eth0 netns {rt}\nlink set r0 master br0 up\n"
+        )
+        ip_batch(
             rt,
             f"link set eth0 up\naddr add {ua.v4[254]}/24 dev eth0\n"
             f"addr add {ua.v6[0xFE]}/64 dev eth0 nodad\n"
             f"addr add {API_VIP}/32 dev lo\n",
         )
-        subprocess.run(
-            [
-                "ip",
-                "netns",
-                "exec",
-                rt,
-                "sysctl",
-                "-qw",
-                "net.ipv4.ip_forward=1",
-                "net.ipv6.conf.all.forwarding=1",
-            ],
-            check=True,
-            timeout=30,
-        )
+        forwarding(rt)
         for i in range(1, nodes + 1):
             behind = i == nodes
             under = ub if behind else ua
@@ -448,19 +334,19 @@ class SimCluster:
                 root=self.root / f"node{i}",
             )
             if behind:
-                sh(
+                ip_batch(
                     rt,
                     f"link add eth1 type veth peer name eth0 netns {node.ns}\nlink set eth1 up\n"
                     f"addr add {ub.v4[254]}/24 dev eth1\n"
                     f"addr add {ub.v6[0xFE]}/64 dev eth1 nodad\n",
                 )
             else:
-                sh(
+                ip_batch(
                     sw,
                     f"link add n{i} type veth peer name eth0 netns {node.ns}\n"
                     f"link set n{i} master br0 up\n",
                 )
-            sh(
+            ip_batch(
                 node.ns,
                 f"link set eth0 up\naddr add {node.ipv4}/24 dev eth0\n"
                 f"addr add {node.ipv6}/64 dev eth0 nodad\n"
@@ -494,26 +380,8 @@ class SimCluster:
     def kubeconfig(self, token: str, path: Path) -> Path:
         """A kubeconfig reaching the API server through the underlay, as the agent."""
         port = self.cp.server.rsplit(":", 1)[1]
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [
-                {
-                    "name": "sim",
-                    "cluster": {
-                        "server": f"https://{API_VIP}:{port}",
-                        "certificate-authority": str(self.cp.ca_path),
-                    },
-                }
-            ],
-            "users": [{"name": "agent", "user": {"token": token}}],
-            "contexts": [{"name": "sim", "context": {"cluster": "sim", "user": "agent"}}],
-            "current-context": "sim",
-        }
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(config))
-        path.chmod(0o600)
-        return path
+        return self.cp.write_kubeconfig(path, {"token": token}, f"https://{API_VIP}:{port}")
 
     def create_node(self, node: SimNode) -> None:
         """POST the Node (no kubectl between: a test timing the reaction to the API event
@@ -570,15 +438,17 @@ class SimCluster:
         ua, ub = self.underlays
         self.host_link = f"lxh{self.tag}"
         v4, v6 = ua.ip(host)
-        sh(None, f"link add {self.host_link} type veth peer name h{host} netns {self.switch}\n")
-        sh(self.switch, f"link set h{host} master br0 up\n")
-        sh(
+        ip_batch(
+            None, f"link add {self.host_link} type veth peer name h{host} netns {self.switch}\n"
+        )
+        ip_batch(self.switch, f"link set h{host} master br0 up\n")
+        ip_batch(
             None,
             f"addr add {v4}/24 dev {self.host_link}\naddr add {v6}/64 dev {self.host_link} nodad\n"
             f"link set {self.host_link} up\n",
         )
         for route in (f"{ub.v4} via {ua.v4[254]}", f"{ub.v6} via {ua.v6[0xFE]}"):
-            sh(None, f"route add {route} dev {self.host_link}\n")
+            ip_batch(None, f"route add {route} dev {self.host_link}\n")
             self.host_routes.append(f"{route} dev {self.host_link}")
         return v4, v6
 
@@ -650,15 +520,7 @@ def ping(ns: str, dst: str, count: int = 1, interval: float = 0.2, wait: float =
 def ping_all(pairs: list[tuple[str, str]]) -> dict[tuple[str, str], bool]:
     """Ping every (from netns, to address) at once, retrying a miss once (the first packet
     of a path may wait for neighbour resolution): {(netns, address): answered}."""
-    procs = {
-        (ns, dst): subprocess.Popen(
-            ["ip", "netns", "exec", ns, "ping", "-c", "2", "-i", "0.2", "-W", "2", "-q", dst],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for ns, dst in pairs
-    }
-    results = {key: proc.wait(timeout=30) == 0 for key, proc in procs.items()}
+    results = pings(pairs, "-c", "2", "-i", "0.2", "-W", "2")
     for key, ok in results.items():
         if not ok:
             results[key] = ping(*key, count=3) > 0
@@ -675,55 +537,12 @@ def wait_until(what: str, probe: Any, timeout: float = 10, step: float = 0.02) -
     return time.monotonic() - start
 
 
-def transfer(client_ns: str, server_ns: str, dst: str, size: int = 1 << 20) -> str:
-    """Send ``size`` random bytes over TCP from netns ``client_ns`` to a server at ``dst`` in
-    ``server_ns``; check that all arrived intact; the source address the server saw."""
-    family = socket.AF_INET6 if ":" in dst else socket.AF_INET
-    fds = [netns.open_netns(f"/var/run/netns/{ns}") for ns in (server_ns, client_ns)]
-    try:
-        listener = netns.run_in(fds[0], lambda: socket.socket(family, socket.SOCK_STREAM))
-        sender = netns.run_in(fds[1], lambda: socket.socket(family, socket.SOCK_STREAM))
-    finally:
-        for fd in fds:
-            os.close(fd)
-    payload = os.urandom(size)
-    received = hashlib.sha256()
-    peer: list[str] = []
-    with listener, sender:
-        listener.bind((dst, 0))
-        listener.listen(1)
-        listener.settimeout(20)
-
-        def serve() -> None:
-            conn, addr = listener.accept()
-            peer.append(addr[0])
-            with conn:
-                conn.settimeout(20)
-                while chunk := conn.recv(65536):
-                    received.update(chunk)
-
-        thread = threading.Thread(target=serve)
-        thread.start()
-        sender.settimeout(20)
-        sender.connect((dst, listener.getsockname()[1]))
-        sender.sendall(payload)
-        sender.shutdown(socket.SHUT_WR)
-        thread.join(timeout=30)
-    assert hashlib.sha256(payload).hexdigest() == received.hexdigest(), "transfer incomplete"
-    return peer[0]
-
-
 class OneShotServer:
     """A TCP server in netns ``ns`` on ``ip``: accepts one connection, answers ``reply`` and
     records the peer's address (what the server sees: masqueraded or not)."""
 
     def __init__(self, ns: str, ip: str, reply: str) -> None:
-        family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-        fd = netns.open_netns(f"/var/run/netns/{ns}")
-        try:
-            self.sock = netns.run_in(fd, lambda: socket.socket(family, socket.SOCK_STREAM))
-        finally:
-            os.close(fd)
+        self.sock = tcp_socket_in(ns, ip)
         self.sock.bind((ip, 0))
         self.sock.listen(1)
         self.sock.settimeout(20)
@@ -751,13 +570,7 @@ class OneShotServer:
 
 def fetch(ns: str, ip: str, port: int) -> str:
     """Connect from netns ``ns`` to ``ip``:``port`` and read until the server closes."""
-    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-    fd = netns.open_netns(f"/var/run/netns/{ns}")
-    try:
-        sock = netns.run_in(fd, lambda: socket.socket(family, socket.SOCK_STREAM))
-    finally:
-        os.close(fd)
-    with sock:
+    with tcp_socket_in(ns, ip) as sock:
         sock.settimeout(10)
         sock.connect((ip, port))
         data = b""

@@ -48,8 +48,9 @@ from loxicni.net import masq
 from tests.runtimes import oci
 from tests.runtimes.helpers import CRICTL, LOOPBACK
 from tests.runtimes.runtimes import Containerd
+from tests.support.agent import status_or_empty
 from tests.support.host import free_port, links
-from tests.support.ipam import reservation_files
+from tests.support.ipam import reservation_owners
 from tests.support.plugin import agent_status
 from tests.support.waiting import wait_for
 
@@ -287,18 +288,14 @@ class Deployment:
         return dict(live[0]) if live else None
 
     def agent_version(self) -> str:
-        try:
-            return str(agent_status(self.socket).get("version", ""))
-        except ValueError:
-            return ""
+        return str(status_or_empty(self.socket).get("version", ""))
 
     def node_condition(self) -> dict[str, Any]:
         conditions = self.cp.get_json("node", self.node)["status"]["conditions"]
         return dict(next(c for c in conditions if c["type"] == "Ready"))
 
     def reservations(self) -> dict[str, str]:
-        files = reservation_files(self.host("/var/lib/cni") / "networks", self.network)
-        return {ip: text.splitlines()[0] for ip, text in files.items()}
+        return reservation_owners(self.host("/var/lib/cni") / "networks", self.network)
 
     def records(self) -> dict[str, bytes]:
         directory = self.host("/var/lib/loxi-cni") / "attachments"

@@ -12,7 +12,6 @@ and rejoins, while the same probes run: no verdict may change meanwhile.
 from __future__ import annotations
 
 import ipaddress
-import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
@@ -23,10 +22,8 @@ import pytest
 
 from tests.support.waiting import wait_for
 
-from .cluster import require
 from .controlplane import ControlPlane
-from .netpol_world import World
-from .simcluster import SimCluster
+from .netpol_world import World, require_tools, running_world
 
 MODE = "vxlan"
 PORTS = ((80, "tcp"), (5432, "tcp"), (53, "udp"), (7777, "sctp"))
@@ -37,25 +34,14 @@ Key = tuple[str, str, int, str, int]
 def world(
     control_plane: ControlPlane, agent_kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[World]:
-    missing = [t for t in ("ip", "nft", "curl") if subprocess.run(
-        ["sh", "-c", f"command -v {t}"], capture_output=True).returncode]  # fmt: skip
-    require(missing, "the network policy tests")
-    others = [n["metadata"]["name"] for n in control_plane.get_json("nodes")["items"]]
-    assert others == [], f"Nodes of other tests would be peers too: {others}"
-    sim = SimCluster(control_plane, agent_kubeconfig, tmp_path_factory.mktemp("netpol"))
-    w = World(control_plane, sim)
-    try:
-        sim.build(nodes=3)
-        template = sim.template()
-        for node in sim.nodes:
-            node.start_agent(MODE, template, wait=False)
-        for node in sim.nodes:
-            node.wait_synced(60)
+    require_tools("the network policy tests")
+    work = tmp_path_factory.mktemp("netpol")
+    with running_world(control_plane, agent_kubeconfig, work, nodes=3, mode=MODE) as w:
         tag = uuid.uuid4().hex[:4]
         a, b = f"npa-{tag}", f"npb-{tag}"
         w.namespace(a, {"team": "a"})
         w.namespace(b, {"team": "b"})
-        n1, n2, _n3 = sim.nodes
+        n1, n2, _n3 = w.sim.nodes
         w.pod(a, "web", n1, {"app": "web"})
         w.pod(a, "db", n2, {"app": "db"}, [("sql", "TCP", 5432), ("sig", "SCTP", 7777)])
         w.pod(b, "cli", n1, {"app": "cli"})
@@ -63,11 +49,6 @@ def world(
         w.pod(a, "other", n2, {"app": "other"})
         w.listen(PORTS)
         yield w
-    finally:
-        for node in sim.nodes:
-            print(f"----- agent of {node.name}\n{node.tail()}")
-        w.destroy()
-        sim.destroy()
 
 
 def policies(w: World) -> list[dict[str, Any]]:

@@ -23,7 +23,6 @@ the systematic and the random cases); ``make e2e-netpol`` runs all of it.
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,10 +31,8 @@ import pytest
 from tests.netpol import corpus, oracle
 from tests.netpol.oracle import External, PodRef
 
-from .cluster import require
 from .controlplane import ControlPlane
-from .netpol_world import World
-from .simcluster import SimCluster
+from .netpol_world import World, require_tools, running_world
 
 MODE = "routes"
 CASES = corpus.generate(corpus.cluster())  # names and policies only; addresses come later
@@ -54,35 +51,19 @@ def _sampled() -> list[str]:
 def world(
     control_plane: ControlPlane, agent_kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[World]:
-    missing = [t for t in ("ip", "nft", "curl") if subprocess.run(
-        ["sh", "-c", f"command -v {t}"], capture_output=True).returncode]  # fmt: skip
-    require(missing, "the network policy truth table")
+    require_tools("the network policy truth table")
     oracle.oracle_binary()  # fails (make e2e) or skips before anything is built
-    others = [n["metadata"]["name"] for n in control_plane.get_json("nodes")["items"]]
-    assert others == [], f"Nodes of other tests would be peers too: {others}"
-    sim = SimCluster(control_plane, agent_kubeconfig, tmp_path_factory.mktemp("corpus"))
-    w = World(control_plane, sim)
-    try:
-        sim.build(nodes=2)
-        template = sim.template()
-        for node in sim.nodes:
-            node.start_agent(MODE, template, wait=False)
-        for node in sim.nodes:
-            node.wait_synced(60)
+    work = tmp_path_factory.mktemp("corpus")
+    with running_world(control_plane, agent_kubeconfig, work, nodes=2, mode=MODE) as w:
         for ns in corpus.NAMESPACES:
             w.namespace(ns.name, ns.labels)
-        nodes = {"node-1": sim.nodes[0], "node-2": sim.nodes[1]}
+        nodes = {"node-1": w.sim.nodes[0], "node-2": w.sim.nodes[1]}
         for ns_name, name, labels, kind, node in corpus.LAYOUT:
             ports = [(p.name, p.protocol, p.port) for p in corpus.PORTS_BY_KIND[kind] if p.name]
             w.pod(ns_name, name, nodes[node], labels, ports)
         w.add_externals(corpus.EXTERNALS)
         w.listen([(port, proto.lower()) for port, proto in corpus.PROBE_PORTS])
         yield w
-    finally:
-        for node in sim.nodes:
-            print(f"----- agent of {node.name}\n{node.tail()}")
-        w.destroy()
-        sim.destroy()
 
 
 @pytest.fixture(scope="module")

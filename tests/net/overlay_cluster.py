@@ -18,11 +18,8 @@ with ``ip`` (plain netlink), never with loxi-cni, and removed by ``destroy``.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import socket
 import subprocess
-import threading
 import uuid
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
@@ -32,16 +29,9 @@ from pyroute2 import IPRoute
 from loxicni.net import netns, overlay
 from loxicni.net.ip import IPAddress
 from loxicni.net.peers import LocalNode, Peer
+from tests.support import simnet
 from tests.support.counting_rtnl import CountingRtnl
-
-
-def sh(ns: str, script: str) -> None:
-    """Run ``ip`` commands (one a line) in netns ``ns``."""
-    subprocess.run(["ip", "-n", ns, "-batch", "-"], input=script.encode(), check=True)
-
-
-def sysctl(ns: str, *settings: str) -> None:
-    subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", *settings], check=True)
+from tests.support.simnet import add_netns, forwarding, ip_batch, pings
 
 
 @dataclass
@@ -102,48 +92,46 @@ class Cluster:
         return f"ovl-{self.tag}-rt"
 
     def _netns(self, name: str) -> str:
-        subprocess.run(["ip", "netns", "add", name], check=True)
         self.made.append(name)
-        sh(name, "link set lo up\n")
-        return name
+        return add_netns(name)
 
     def build(self) -> None:
         sw, router = self._netns(self.switch), self._netns(self.router)
-        sh(sw, "link add br0 type bridge\nlink set br0 up\n")
-        sh(
+        ip_batch(sw, "link add br0 type bridge\nlink set br0 up\n")
+        ip_batch(
             sw,
             f"link add sr type veth peer name eth0 netns {router}\nlink set sr master br0 up\n",
         )
-        sh(
+        ip_batch(
             router,
             "link set eth0 up\n"
             "addr add 192.168.50.254/24 dev eth0\naddr add fd00:50::fe/64 dev eth0 nodad\n",
         )
-        sysctl(router, "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+        forwarding(router)
         for index, subnet in ((1, 50), (2, 50), (3, 60)):
             node = Node(index, f"ovl-{self.tag}-n{index}", f"ovl-{self.tag}-p{index}", subnet)
             self._netns(node.ns)
             if subnet == 50:
-                sh(
+                ip_batch(
                     sw,
                     f"link add s{index} type veth peer name eth0 netns {node.ns}\n"
                     f"link set s{index} master br0 up\n",
                 )
             else:
-                sh(
+                ip_batch(
                     router,
                     f"link add eth1 type veth peer name eth0 netns {node.ns}\n"
                     "link set eth1 up\naddr add 192.168.60.254/24 dev eth1\n"
                     "addr add fd00:60::fe/64 dev eth1 nodad\n",
                 )
-            sh(
+            ip_batch(
                 node.ns,
                 "link set eth0 up\n"
                 f"addr add {node.ipv4}/24 dev eth0\naddr add {node.ipv6}/64 dev eth0 nodad\n"
                 f"route add default via 192.168.{subnet}.254\n"
                 f"route add default via fd00:{subnet}::fe\n",
             )
-            sysctl(node.ns, "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+            forwarding(node.ns)
             node.fd = netns.open_netns(f"/var/run/netns/{node.ns}")
             node.rt = CountingRtnl(netns.netlink_socket_in(node.fd))
             self.nodes.append(node)
@@ -153,14 +141,14 @@ class Cluster:
         for node in self.nodes:
             pod = self._netns(node.pod_ns)
             n = node.index
-            sh(
+            ip_batch(
                 node.ns,
                 "link add cni0 type bridge\nlink set cni0 up\n"
                 f"addr add 10.244.{n}.1/24 dev cni0\naddr add fd00:244:{n}::1/64 dev cni0 nodad\n"
                 f"link add veth{n} mtu {mtu} type veth peer name eth0 mtu {mtu} netns {pod}\n"
                 f"link set veth{n} master cni0 up\n",
             )
-            sh(
+            ip_batch(
                 pod,
                 "link set eth0 up\n"
                 f"addr add 10.244.{n}.2/24 dev eth0\naddr add fd00:244:{n}::2/64 dev eth0 nodad\n"
@@ -180,55 +168,15 @@ class Cluster:
 
 
 def ping_all(pairs: list[tuple[str, IPAddress]]) -> dict[tuple[str, str], bool]:
-    """Ping every (from netns, to address) at once: {(netns, address): answered}."""
-    procs = {
-        (ns, str(dst)): subprocess.Popen(
-            ["ip", "netns", "exec", ns, "ping", "-c", "1", "-W", "3", "-q", str(dst)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for ns, dst in pairs
-    }
-    return {key: proc.wait(timeout=30) == 0 for key, proc in procs.items()}
+    """Ping every (from netns, to address) once, all at once: {(netns, address): answered}."""
+    return pings([(ns, str(dst)) for ns, dst in pairs], "-c", "1", "-W", "3")
 
 
 def transfer(client: Node, server: Node, version: int, size: int = 1 << 20) -> str:
-    """Send ``size`` random bytes over TCP from ``client``'s pod to ``server``'s pod; the
-    SHA-256 of what arrived (equal to the sent one's when all went through)."""
+    """Send ``size`` random bytes over TCP from ``client``'s pod to ``server``'s pod, checking
+    that all arrived intact; the source address the server saw."""
     dst = server.pod_ips[0 if version == 4 else 1]
-    family = socket.AF_INET if version == 4 else socket.AF_INET6
-    server_fd = netns.open_netns(f"/var/run/netns/{server.pod_ns}")
-    client_fd = netns.open_netns(f"/var/run/netns/{client.pod_ns}")
-    try:
-        listener = netns.run_in(server_fd, lambda: socket.socket(family, socket.SOCK_STREAM))
-        sender = netns.run_in(client_fd, lambda: socket.socket(family, socket.SOCK_STREAM))
-    finally:
-        os.close(server_fd)
-        os.close(client_fd)
-    payload = os.urandom(size)
-    received = hashlib.sha256()
-    with listener, sender:
-        listener.bind((str(dst), 0))
-        listener.listen(1)
-        listener.settimeout(20)
-        port = listener.getsockname()[1]
-
-        def serve() -> None:
-            conn, _ = listener.accept()
-            with conn:
-                conn.settimeout(20)
-                while chunk := conn.recv(65536):
-                    received.update(chunk)
-
-        thread = threading.Thread(target=serve)
-        thread.start()
-        sender.settimeout(20)
-        sender.connect((str(dst), port))
-        sender.sendall(payload)
-        sender.shutdown(socket.SHUT_WR)
-        thread.join(timeout=30)
-    assert hashlib.sha256(payload).hexdigest() == received.hexdigest(), "transfer incomplete"
-    return received.hexdigest()
+    return simnet.transfer(client.pod_ns, server.pod_ns, str(dst), size)
 
 
 SIGNALS = {
@@ -267,5 +215,5 @@ def path_mtu_signals(ns: str) -> dict[str, int]:
 
 def set_pod_mtu(node: Node, mtu: int) -> None:
     """The MTU of ``node``'s pod interface and of its host end."""
-    sh(node.pod_ns, f"link set eth0 mtu {mtu}\n")
-    sh(node.ns, f"link set veth{node.index} mtu {mtu}\n")
+    ip_batch(node.pod_ns, f"link set eth0 mtu {mtu}\n")
+    ip_batch(node.ns, f"link set veth{node.index} mtu {mtu}\n")

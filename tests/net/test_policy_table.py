@@ -162,6 +162,20 @@ def counters(node: Node) -> dict[str, int]:
     return node.table.counters()
 
 
+def only_a_into_b(node: Node) -> Program:
+    """b isolated for ingress, a (any port) its only peer: the program the tests change."""
+    pol = PolicyChain(INGRESS, 4, "ns1", "t", (Allow(Peer(address_set="p"), ()),))
+    return program(
+        node,
+        address_sets={
+            "t": AddressSet(4, members(node, "b")),
+            "p": AddressSet(4, members(node, "a")),
+        },
+        policies={"pol": pol},
+        isolated={"b": "i"},
+    )
+
+
 # --- tests -----------------------------------------------------------------------------------
 
 
@@ -262,16 +276,7 @@ def test_ipv6(fresh: Node) -> None:
 
 def test_membership_and_isolation_change_only_elements(fresh: Node) -> None:
     node = fresh
-    pol = PolicyChain(INGRESS, 4, "ns1", "t", (Allow(Peer(address_set="p"), ()),))
-    base = program(
-        node,
-        address_sets={
-            "t": AddressSet(4, members(node, "b")),
-            "p": AddressSet(4, members(node, "a")),
-        },
-        policies={"pol": pol},
-        isolated={"b": "i"},
-    )
+    base = only_a_into_b(node)
     node.table.replace(base)
     assert node.reach([("a", "b", 80, "tcp"), ("c", "b", 80, "tcp")]) == {"a>b:tcp/80"}
 
@@ -336,16 +341,7 @@ def test_replace_never_opens_nor_closes(fresh: Node) -> None:
     """Rebuilding again and again while traffic flows: a denied path stays denied, an allowed
     one allowed, at every probe."""
     node = fresh
-    pol = PolicyChain(INGRESS, 4, "ns1", "t", (Allow(Peer(address_set="p"), ()),))
-    prog = program(
-        node,
-        address_sets={
-            "t": AddressSet(4, members(node, "b")),
-            "p": AddressSet(4, members(node, "a")),
-        },
-        policies={"pol": pol},
-        isolated={"b": "i"},
-    )
+    prog = only_a_into_b(node)
     node.table.replace(prog)
     stop = threading.Event()
     rebuilds = 0

@@ -48,6 +48,21 @@ def bounded(call: Callable[[], Any], timeout: float) -> Any:
     return outcome[0]
 
 
+def misbehave(monkeypatch: pytest.MonkeyPatch, before: Callable[[int], object]) -> list[int]:
+    """``links.delete_group`` with ``before(n)`` run ahead of the real n-th call (it may block,
+    or raise instead of deleting); the groups it was called with, in order."""
+    real = links.delete_group
+    calls: list[int] = []
+
+    def delete_group(ipr: Rtnl, group: int) -> bool:
+        calls.append(group)
+        before(len(calls))
+        return real(ipr, group)
+
+    monkeypatch.setattr(links, "delete_group", delete_group)
+    return calls
+
+
 def present(name: str) -> bool:
     with Rtnl() as ipr:
         return links.get(ipr, name) is not None
@@ -62,16 +77,11 @@ def index_of(ipr: Rtnl, name: str) -> int:
 def test_the_reaper_survives_an_error_of_any_kind(
     ours: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = links.delete_group
-    calls: list[int] = []
-
-    def flaky(ipr: Rtnl, group: int) -> bool:
-        calls.append(group)
-        if len(calls) == 1:
+    def flaky(call: int) -> None:
+        if call == 1:
             raise ValueError("a bug outside netlink")
-        return real(ipr, group)
 
-    monkeypatch.setattr(links, "delete_group", flaky)
+    calls = misbehave(monkeypatch, flaky)
     deleter = LinkReaper()
     with Rtnl() as ipr:
         failed = bounded(lambda: deleter.delete(ipr, index_of(ipr, ours[0])), timeout=5)
@@ -87,19 +97,15 @@ def test_a_wedged_or_dead_reaper_holds_no_del_forever(
     ours: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(reaper, "WAIT", 0.5)
-    real = links.delete_group
     unwedge = threading.Event()
-    calls: list[int] = []
 
-    def wedged_then_dead_then_fine(ipr: Rtnl, group: int) -> bool:
-        calls.append(group)
-        if len(calls) == 1:
+    def wedged_then_dead_then_fine(call: int) -> None:
+        if call == 1:
             unwedge.wait(30)  # a kernel that does not answer
-        elif len(calls) == 2:
+        elif call == 2:
             raise SystemExit("the thread ends")
-        return real(ipr, group)
 
-    monkeypatch.setattr(links, "delete_group", wedged_then_dead_then_fine)
+    misbehave(monkeypatch, wedged_then_dead_then_fine)
     deleter = LinkReaper()
     with Rtnl() as ipr:
         first = index_of(ipr, ours[0])
@@ -122,18 +128,14 @@ def test_another_reaper_leaves_this_one_s_links_alone(
 ) -> None:
     """Two reapers in one netns (two agents during a restart, test agents side by side): a
     group delete of one leaves the links the other has tagged alone."""
-    real = links.delete_group
     unwedge = threading.Event()
-    entered: list[int] = []
     first, second = LinkReaper(), LinkReaper()
 
-    def first_is_slow(ipr: Rtnl, group: int) -> bool:
-        entered.append(group)
+    def first_is_slow(_call: int) -> None:
         if threading.current_thread() is first._thread:
             unwedge.wait(10)
-        return real(ipr, group)
 
-    monkeypatch.setattr(links, "delete_group", first_is_slow)
+    entered = misbehave(monkeypatch, first_is_slow)
     with Rtnl() as ipr:
         index = index_of(ipr, ours[0])
         pending = threading.Thread(target=first.delete, args=(ipr, index), daemon=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.host import delete_links, links, unrouted
-from tests.support.ipam import reservation_files
+from tests.support.ipam import reservation_owners
 from tests.support.plugin import PLUGIN
 from tests.support.processes import sh
 
@@ -248,8 +248,7 @@ class Network:
     # ---------------------------------------------------------------- what a user checks
     def reservations(self) -> dict[str, str]:
         """IP -> container ID of the reservation files in the IPAM dataDir."""
-        files = reservation_files(self.data_dir, self.name)
-        return {ip: text.split("\r\n")[0].strip() for ip, text in files.items()}
+        return reservation_owners(self.data_dir, self.name)
 
     def reserved_for(self, container_id: str) -> str | None:
         ips = [ip for ip, owner in self.reservations().items() if owner == container_id]

@@ -16,3 +16,10 @@ def reservation_files(data_dir: Path, network: str) -> dict[str, str]:
         for p in directory.iterdir()
         if p.is_file() and p.name != "lock" and not p.name.startswith("last_reserved_ip")
     }
+
+
+def reservation_owners(data_dir: Path, network: str) -> dict[str, str]:
+    """Address -> the container ID holding it: the first line of each reservation file (the
+    file's lines end in CRLF, as host-local writes them)."""
+    files = reservation_files(data_dir, network)
+    return {ip: text.split("\r\n")[0].strip() for ip, text in files.items()}
